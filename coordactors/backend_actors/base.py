@@ -1,0 +1,882 @@
+"""SessionActor: the one actor that owns a backend connection.
+
+A backend subclasses :class:`SessionActor` and implements ``open()`` plus one
+``do_*`` hook per primitive.  The base checks arguments, ownership and
+deadlines, translates errors once, tells the supervisor about state changes
+(off the reply path), and runs everything that waits -- blocking acquires,
+reconnects -- without ever sleeping on the actor thread.
+
+Threads: every ``do_*`` hook, ``on_connected`` and ``close`` run on the
+actor's own thread and must not block for longer than one backend round trip.
+``open`` runs on the runtime's blocking executor and may block; it must not
+touch the actor's state, only return a connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import time
+from typing import Any, Callable, ClassVar
+
+import pykka
+from pykka._envelope import Envelope
+
+from coordactors import errors
+from coordactors._protocol import (
+    NO_REPLY,
+    AddSubscriber,
+    AwaitConnected,
+    Call,
+    DesiredCampaign,
+    DesiredJoin,
+    DesiredLeave,
+    DesiredState,
+    GetStatistics,
+    InjectFailure,
+    LeaseEnded,
+    LeaseGranted,
+    PykkaReply,
+    Publish,
+    Reconnect,
+    RemoveSubscriber,
+    SessionCrashed,
+    SessionDown,
+    SessionUp,
+    Shutdown,
+)
+from coordactors.characteristics import Characteristics
+from coordactors.events import Event, LockLost
+from coordactors.messages import (
+    Acquire,
+    Campaign,
+    CreateGroup,
+    DeleteGroup,
+    GetCapabilities,
+    GetGroups,
+    GetLeader,
+    GetMembers,
+    Heartbeat,
+    Join,
+    Lease,
+    Leave,
+    Message,
+    Release,
+    StandDown,
+    Unwatch,
+    UpdateCapabilities,
+    Watch,
+)
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+from coordactors.messages.locks import LeaseState
+from coordactors.urls import SessionOptions
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CallInbox", "SessionActor", "leader_lock_name"]
+
+CONNECTING, CONNECTED, DOWN, STOPPED = "CONNECTING", "CONNECTED", "DOWN", "STOPPED"
+
+_PENDING = object()
+"""Returned by a handler that will reply later (a waiting acquire)."""
+
+
+def leader_lock_name(group: str) -> str:
+    """The name of the lock whose holder leads ``group``."""
+    return RESERVED_LOCK_PREFIX + group
+
+
+def drift_margin(ttl: float) -> float:
+    """How much earlier than the backend a holder gives up on a TTL: 5%, at most 1 s."""
+    return min(ttl * 0.05, 1.0)
+
+
+class CallInbox(queue.SimpleQueue):  # type: ignore[type-arg]
+    """An actor inbox that turns pykka ``ask``s of public messages into Calls.
+
+    Actor systems use ``actor_ref.ask(Join(...))``; pykka would reply with
+    whatever ``on_receive`` returns, but a lock may be granted minutes later.
+    Converting at ``put`` (on the caller's thread) lets every request reply
+    when it is ready, through one path.
+    """
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item.reply_to is not None and isinstance(item.message, Message):
+            item = Envelope(Call(item.message, PykkaReply(item.reply_to)))
+        super().put(item, block, timeout)
+
+
+class _Tick:
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+class _Opened:
+    __slots__ = ("conn", "desired", "error", "generation", "sent_at")
+
+    def __init__(self, generation: int, desired: DesiredState, conn: Any = None, error: BaseException | None = None) -> None:
+        self.generation = generation
+        self.desired = desired
+        self.conn = conn
+        self.error = error
+
+
+class _Expire:
+    __slots__ = ("waiter",)
+
+    def __init__(self, waiter: _Waiter) -> None:
+        self.waiter = waiter
+
+
+class _Wake:
+    """A backend learnt that locks may have been freed (None: any of them)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Any = None) -> None:
+        self.names = names
+
+
+class _Waiter:
+    __slots__ = ("call", "lock_deadline", "name", "timeout", "timer", "ttl")
+
+    def __init__(self, call: Call, name: str, ttl: float | None, timeout: float | None) -> None:
+        self.call = call
+        self.name = name
+        self.ttl = ttl
+        self.timeout = timeout
+        self.lock_deadline = None if timeout is None else time.monotonic() + timeout
+        self.timer: Any = None
+
+
+class SessionActor(pykka.ThreadingActor):
+    """Base of every backend session: dispatch, waiting, supervision hooks.
+
+    Subclasses set the class attributes and implement the hooks below.  The
+    reference implementation is :class:`~coordactors.backend_actors.memory.MemorySession`.
+
+    Class attributes:
+        CHARACTERISTICS: what the backend guarantees (see Characteristics).
+        DEFAULTS: overrides of the common URL options' defaults.
+        OPTIONS: backend-specific URL options: name -> converter.
+        POLLS: True if events and freed locks are only seen by polling, in
+            which case ``do_poll`` runs every ``poll_interval``.
+    """
+
+    use_daemon_thread = True
+    CHARACTERISTICS: ClassVar[frozenset[Characteristics]] = frozenset()
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    OPTIONS: ClassVar[dict[str, Callable[[str, str], Any]]] = {}
+    POLLS: ClassVar[bool] = False
+
+    @staticmethod
+    def _create_actor_inbox() -> CallInbox:
+        return CallInbox()
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        """Raise InvalidArgument if the URL's host/path make no sense for this backend."""
+
+    def __init__(
+        self,
+        options: SessionOptions,
+        member_id: str,
+        supervisor: pykka.ActorRef[Any],
+        runtime: Any,
+        desired: DesiredState | None = None,
+        *,
+        restarting: bool = False,
+        wait_while_down: bool = True,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.url = options.redacted
+        self.member_id = member_id
+        self.supervisor = supervisor
+        self.runtime = runtime
+        self.wait_while_down = wait_while_down
+        self.conn: Any = None
+        self.state = CONNECTING
+        self._first_connect = not restarting
+        self._generation = 0
+        self._desired = desired or DesiredState()
+        self._connect_replies: list[Any] = []
+        self._connect_error: BaseException | None = None
+        self._joined: dict[str, str] = {}
+        self._campaigns: set[str] = set()
+        self._watched: dict[str, int] = {}
+        self._leases: dict[str, Lease] = {}
+        self._leaders: dict[str, Lease] = {}
+        self._lost: dict[str, str] = {}
+        self._waiters: dict[str, collections.deque[_Waiter]] = {}
+        self._parked: collections.deque[Call] = collections.deque()
+        self._session_valid_until: float | None = None
+        self._timers: list[Any] = []
+        self._poll_queued = False
+        self._heartbeat_queued = False
+        self._handlers: dict[type, Callable[[Any, Call], Any]] = {
+            CreateGroup: self._on_create_group,
+            DeleteGroup: self._on_delete_group,
+            GetGroups: self._on_get_groups,
+            Join: self._on_join,
+            Leave: self._on_leave,
+            GetMembers: self._on_get_members,
+            GetCapabilities: self._on_get_capabilities,
+            UpdateCapabilities: self._on_update_capabilities,
+            Campaign: self._on_campaign,
+            StandDown: self._on_stand_down,
+            GetLeader: self._on_get_leader,
+            Acquire: self._on_acquire,
+            Release: self._on_release,
+            Heartbeat: self._on_heartbeat,
+            Watch: self._on_watch,
+            Unwatch: self._on_unwatch,
+            Shutdown: self._on_shutdown,
+            AwaitConnected: self._on_await_connected,
+            GetStatistics: self._on_statistics,
+        }
+        self._control: dict[type, Callable[[Any], None]] = {
+            _Tick: self._on_tick,
+            _Opened: self._on_opened,
+            _Expire: self._on_expire,
+            _Wake: self._on_wake,
+            Reconnect: self._on_reconnect,
+            InjectFailure: self._on_inject_failure,
+        }
+
+    # -- hooks for backends ------------------------------------------------
+
+    def open(self) -> Any:
+        """Connect to the backend and return the connection.  Runs on an executor thread; may block."""
+        raise NotImplementedError
+
+    def on_connected(self) -> None:
+        """Set up the new ``self.conn`` (register the session).  Actor thread."""
+
+    def close(self) -> None:
+        """Close ``self.conn``, quietly.  Actor thread."""
+
+    def do_create_group(self, group: str) -> None:
+        raise NotImplementedError
+
+    def do_delete_group(self, group: str) -> None:
+        raise NotImplementedError
+
+    def do_get_groups(self) -> frozenset[str]:
+        raise NotImplementedError
+
+    def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
+        raise NotImplementedError
+
+    def do_leave(self, group: str) -> None:
+        raise NotImplementedError
+
+    def do_get_members(self, group: str) -> frozenset[str]:
+        raise NotImplementedError
+
+    def do_get_capabilities(self, group: str, member: str) -> str:
+        """Return the member's capabilities as JSON text."""
+        raise NotImplementedError
+
+    def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
+        raise NotImplementedError
+
+    def do_group_exists(self, group: str) -> bool:
+        raise NotImplementedError
+
+    def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        """Take lock ``name`` if free; return its new fence, or None if held."""
+        raise NotImplementedError
+
+    def do_release(self, name: str, fence: int) -> bool:
+        """Release the lock if this session still holds it with ``fence``; False if it did not."""
+        raise NotImplementedError
+
+    def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        """Extend every lease's TTL in as few round trips as possible; return the (name, fence) pairs lost."""
+        raise NotImplementedError
+
+    def do_lock_holder(self, name: str) -> str | None:
+        """The member id holding lock ``name``, or None."""
+        raise NotImplementedError
+
+    def do_heartbeat(self) -> None:
+        """Prove the session alive; raise BackendUnavailable if the backend dropped it."""
+
+    def do_watch(self, group: str) -> None:
+        """Start pushing ``group``'s events (via ``self.emit``)."""
+
+    def do_unwatch(self, group: str) -> None:
+        """Stop pushing ``group``'s events."""
+
+    def do_poll(self) -> None:
+        """For POLLS backends: look for changes; ``emit`` events and ``wake`` waiters."""
+
+    def do_shutdown(self) -> None:
+        """Deregister the session before ``close`` (graceful stop)."""
+
+    def translate_error(self, exc: BaseException) -> errors.CoordinationError:
+        """Map a client library's exception to ours (one table per backend)."""
+        if isinstance(exc, OSError):
+            return errors.BackendUnavailable(f"{self.url} is unreachable: {exc}")
+        return errors.BackendUnavailable(f"unexpected {type(exc).__name__} from {self.url}: {exc}")
+
+    # -- helpers for backends ---------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Send an event to the supervisor for fan-out."""
+        self.supervisor.tell(Publish(event))
+
+    def wake(self, names: Any = None) -> None:
+        """Retry waiting acquires and campaigns (of ``names``, or all).  Actor thread only."""
+        self._retry_waiters(names)
+
+    def tell_self(self, message: Any) -> None:
+        """Tell this actor ``message`` from any thread; a no-op once it is dead."""
+        try:
+            self.actor_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass
+
+    @property
+    def watched_groups(self) -> frozenset[str]:
+        """The groups whose events someone subscribed to."""
+        return frozenset(self._watched)
+
+    # -- actor lifecycle ---------------------------------------------------
+
+    def on_start(self) -> None:
+        """Actor thread: start the first connect and the tickers."""
+        ticker = self.runtime.ticker
+        self._timers.append(ticker.every(self.options.heartbeat_interval, self._queue_heartbeat))
+        if self.POLLS:
+            self._timers.append(ticker.every(self.options.poll_interval, self._queue_poll))
+        self._connect(self._desired)
+
+    def on_stop(self) -> None:
+        """Actor thread: cancel timers, close the connection, fail what waits."""
+        self._stop_everything(errors.CoordinatorStopped(f"the session with {self.url} was stopped"))
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        """Actor thread, after a bug escaped a handler: report, close, fail what waits."""
+        self.supervisor.tell(SessionCrashed(f"{exc_type.__name__}: {exc_value}"))
+        self._stop_everything(errors.BackendUnavailable(f"the session with {self.url} crashed: {exc_value!r}"))
+
+    def _actor_loop_teardown(self) -> None:
+        # pykka drops queued tells silently; our requests are tells, so fail
+        # them here, or their callers would wait forever.
+        while not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            if isinstance(envelope.message, Call):
+                envelope.message.reply.reject(errors.CoordinatorStopped(f"the session with {self.url} stopped before serving {envelope.message.message!r}"))
+            elif envelope.reply_to is not None:
+                envelope.reply_to.set(None)
+
+    def _stop_everything(self, exc: errors.CoordinationError) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self.conn is not None:
+            self._close_quietly()
+        self.state = STOPPED
+        self._reject_all_waiting(exc)
+
+    def _reject_all_waiting(self, exc: errors.CoordinationError) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                waiter.call.reply.reject(exc)
+        self._waiters.clear()
+        while self._parked:
+            self._parked.popleft().reply.reject(exc)
+        for reply in self._connect_replies:
+            reply.reject(exc)
+        self._connect_replies.clear()
+
+    def _queue_heartbeat(self) -> None:
+        if not self._heartbeat_queued:
+            self._heartbeat_queued = True
+            self.tell_self(_Tick("heartbeat"))
+
+    def _queue_poll(self) -> None:
+        if not self._poll_queued and (self._watched or self._waiters or self._campaigns):
+            self._poll_queued = True
+            self.tell_self(_Tick("poll"))
+
+    # -- dispatch ------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Actor thread: serve a Call, or a control message."""
+        if type(message) is Call:
+            self._serve(message)
+            return None
+        handler = self._control.get(type(message))
+        if handler is None:
+            logger.warning("%r ignored an unknown message %r", self, message)
+            return None
+        handler(message)
+        return None
+
+    def _serve(self, call: Call) -> None:
+        message = call.message
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            call.reply.reject(errors.InvalidArgument(f"{type(message).__name__} is not a coordactors message"))
+            return
+        if self.state is not CONNECTED and type(message) not in (Shutdown, AwaitConnected, GetStatistics, Watch, Unwatch):
+            if self.state is STOPPED:
+                call.reply.reject(errors.CoordinatorStopped(f"cannot serve {message!r}: the session with {self.url} is stopped"))
+            elif self.wait_while_down or self.state is CONNECTING:
+                self._parked.append(call)
+            else:
+                call.reply.reject(errors.BackendUnavailable(f"cannot serve {message!r}: the session with {self.url} is down and restarting"))
+            return
+        try:
+            result = handler(message, call)
+        except errors.CoordinationError as exc:
+            self._reject(call, exc)
+            return
+        except Exception as exc:
+            self._reject(call, self._translated(exc))
+            return
+        if result is not _PENDING:
+            self._deliver(call, result)
+
+    def _translated(self, exc: Exception) -> errors.CoordinationError:
+        translated = self.translate_error(exc)
+        translated.__cause__ = exc
+        if not isinstance(translated, errors.BackendUnavailable):
+            logger.error("%r: unexpected error", self, exc_info=exc)
+        return translated
+
+    def _reject(self, call: Call, exc: errors.CoordinationError) -> None:
+        exc.with_context(call.message, self.url)
+        if call.reply is NO_REPLY:
+            logger.warning("%r: told %r failed: %s", self, call.message, exc)
+        call.reply.reject(exc)
+        if isinstance(exc, errors.BackendUnavailable) and not isinstance(exc, errors.CoordinatorStopped):
+            self._fail(exc)
+
+    def _deliver(self, call: Call, value: Any) -> None:
+        if not call.reply.resolve(value) and isinstance(value, Lease):
+            # Granted after the caller gave up: release it at once.
+            self._release_lease(value)
+
+    # -- groups ---------------------------------------------------------------
+
+    def _on_create_group(self, msg: CreateGroup, call: Call) -> None:
+        self.do_create_group(msg.group)
+
+    def _on_delete_group(self, msg: DeleteGroup, call: Call) -> None:
+        self.do_delete_group(msg.group)
+
+    def _on_get_groups(self, msg: GetGroups, call: Call) -> frozenset[str]:
+        return self.do_get_groups()
+
+    def _on_join(self, msg: Join, call: Call) -> None:
+        self.do_join(msg.group, msg.capabilities_json, msg.create)
+        self._joined[msg.group] = msg.capabilities_json
+        self.supervisor.tell(DesiredJoin(msg.group, msg.capabilities_json))
+
+    def _on_leave(self, msg: Leave, call: Call) -> None:
+        self.do_leave(msg.group)
+        self._joined.pop(msg.group, None)
+        self.supervisor.tell(DesiredLeave(msg.group))
+        if msg.group in self._campaigns:
+            self._stand_down(msg.group)
+
+    def _on_get_members(self, msg: GetMembers, call: Call) -> frozenset[str]:
+        return self.do_get_members(msg.group)
+
+    def _on_get_capabilities(self, msg: GetCapabilities, call: Call) -> Any:
+        return json.loads(self.do_get_capabilities(msg.group, msg.member))
+
+    def _on_update_capabilities(self, msg: UpdateCapabilities, call: Call) -> None:
+        self.do_update_capabilities(msg.group, msg.capabilities_json)
+        self._joined[msg.group] = msg.capabilities_json
+        self.supervisor.tell(DesiredJoin(msg.group, msg.capabilities_json))
+
+    # -- leaders ----------------------------------------------------------------
+
+    def _on_campaign(self, msg: Campaign, call: Call) -> None:
+        if not self.do_group_exists(msg.group):
+            raise errors.GroupNotFound(f"cannot campaign for leader of {msg.group!r}: no such group")
+        if msg.group not in self._campaigns:
+            self._campaigns.add(msg.group)
+            self.supervisor.tell(DesiredCampaign(msg.group, True))
+        self._try_lead(msg.group)
+
+    def _on_stand_down(self, msg: StandDown, call: Call) -> None:
+        self._stand_down(msg.group)
+
+    def _stand_down(self, group: str) -> None:
+        if group in self._campaigns:
+            self._campaigns.discard(group)
+            self.supervisor.tell(DesiredCampaign(group, False))
+        lease = self._leaders.pop(group, None)
+        if lease is not None:
+            self._end_lease(lease, "stood down")
+            self.do_release(lease.name, lease.fence)
+            self._retry_waiters([lease.name])
+
+    def _on_get_leader(self, msg: GetLeader, call: Call) -> str | None:
+        if not self.do_group_exists(msg.group):
+            raise errors.GroupNotFound(f"cannot read the leader of {msg.group!r}: no such group")
+        return self.do_lock_holder(leader_lock_name(msg.group))
+
+    def _try_lead(self, group: str) -> None:
+        if group in self._leaders or group not in self._campaigns:
+            return
+        ttl = self.options.lease_ttl
+        sent_at = time.monotonic()
+        fence = self.do_try_acquire(leader_lock_name(group), ttl)
+        if fence is not None:
+            lease = self._new_lease(leader_lock_name(group), fence, ttl, sent_at)
+            self._leaders[group] = lease
+            self.supervisor.tell(LeaseGranted(lease))
+
+    # -- locks -------------------------------------------------------------------
+
+    def _new_lease(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:
+        return Lease(name, fence, self.member_id, ttl=ttl, state=LeaseState(self._expiry(ttl, sent_at)))
+
+    def _expiry(self, ttl: float | None, sent_at: float) -> float | None:
+        if ttl is not None:
+            return sent_at + ttl - drift_margin(ttl)
+        return self._session_valid_until
+
+    def _on_acquire(self, msg: Acquire, call: Call) -> Any:
+        ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
+        queued = self._waiters.get(msg.name)
+        if not queued and msg.name not in self._leases:
+            sent_at = time.monotonic()
+            fence = self.do_try_acquire(msg.name, ttl)
+            if fence is not None:
+                return self._hold(msg.name, fence, ttl, sent_at)
+        if msg.timeout == 0:
+            raise errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)")
+        waiter = _Waiter(call, msg.name, ttl, msg.timeout)
+        deadlines = [d for d in (waiter.lock_deadline, call.deadline) if d is not None]
+        if deadlines:
+            waiter.timer = self.runtime.ticker.call_later(min(deadlines) - time.monotonic(), lambda: self.tell_self(_Expire(waiter)))
+        self._waiters.setdefault(msg.name, collections.deque()).append(waiter)
+        return _PENDING
+
+    def _hold(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:
+        lease = self._new_lease(name, fence, ttl, sent_at)
+        self._leases[name] = lease
+        self._lost.pop(name, None)
+        self.supervisor.tell(LeaseGranted(lease))
+        return lease
+
+    def _on_release(self, msg: Release, call: Call) -> None:
+        name = msg.name
+        lease = self._leases.get(name)
+        wanted = msg.name_or_lease if isinstance(msg.name_or_lease, Lease) else None
+        if lease is None or (wanted is not None and wanted.fence != lease.fence):
+            held = f"; it holds fence {lease.fence}" if lease is not None else ""
+            lost = f" ({self._lost[name]})" if name in self._lost else ""
+            which = f"fence {wanted.fence}" if wanted is not None else "no lease"
+            raise errors.LockNotHeld(f"cannot release {name!r}: this member holds {which} on it{held}{lost}")
+        if not self._release_lease(lease):
+            raise errors.LockNotHeld(f"cannot release {name!r}: fence {lease.fence} had already been lost on the backend")
+
+    def _release_lease(self, lease: Lease) -> bool:
+        """Release a held lease; False (and a LockLost) if the backend had lost it."""
+        if self._leases.get(lease.name) is not lease:
+            return True
+        del self._leases[lease.name]
+        still_ours = self.do_release(lease.name, lease.fence)
+        if still_ours:
+            self._end_lease(lease, "released")
+        else:
+            self._lose(lease, "the backend no longer held it at release")
+        self._retry_waiters([lease.name])
+        return still_ours
+
+    def _end_lease(self, lease: Lease, cause: str) -> None:
+        lease._state.cause = cause  # noqa: SLF001
+        lease.lost.set()
+        self.supervisor.tell(LeaseEnded(lease.name, lease.fence))
+
+    def _lose(self, lease: Lease, cause: str) -> None:
+        """The world took ``lease``: mark it, tell the supervisor, emit LockLost."""
+        self._leases.pop(lease.name, None)
+        for group, held in list(self._leaders.items()):
+            if held is lease:
+                del self._leaders[group]
+        self._lost[lease.name] = f"fence {lease.fence} was lost at {time.strftime('%H:%M:%S')}: {cause}"
+        self._end_lease(lease, cause)
+        self.emit(LockLost(lease.name, lease.fence, cause))
+
+    def _on_expire(self, msg: _Expire) -> None:
+        waiter = msg.waiter
+        queue_ = self._waiters.get(waiter.name)
+        if not queue_ or waiter not in queue_:
+            return
+        queue_.remove(waiter)
+        if not queue_:
+            del self._waiters[waiter.name]
+        if waiter.lock_deadline is not None and time.monotonic() >= waiter.lock_deadline - 0.001:
+            self._reject(waiter.call, errors.LockTimeout(f"lock {waiter.name!r} was held by another holder for the whole {waiter.timeout}s timeout"))
+        else:
+            waiter.call.reply.reject(errors.OperationTimedOut(f"no grant of {waiter.name!r} before the caller's deadline"))
+
+    def _on_wake(self, msg: _Wake) -> None:
+        if self.state is CONNECTED:
+            self._run_guarded(self._retry_waiters, msg.names)
+
+    def _retry_waiters(self, names: Any = None) -> None:
+        for name in list(self._waiters if names is None else names):
+            waiters = self._waiters.get(name)
+            while waiters:
+                waiter = waiters[0]
+                if not waiter.call.reply.wanted():
+                    waiters.popleft()
+                    if waiter.timer is not None:
+                        waiter.timer.cancel()
+                    continue
+                if name in self._leases:
+                    break
+                sent_at = time.monotonic()
+                fence = self.do_try_acquire(name, waiter.ttl)
+                if fence is None:
+                    break
+                waiters.popleft()
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                self._deliver(waiter.call, self._hold(name, fence, waiter.ttl, sent_at))
+            if not waiters:
+                self._waiters.pop(name, None)
+        for group in list(self._campaigns):
+            if names is None or leader_lock_name(group) in names:
+                self._try_lead(group)
+
+    # -- heartbeat and polling ----------------------------------------------------
+
+    def _on_heartbeat(self, msg: Heartbeat, call: Call) -> float:
+        self._heartbeat()
+        return self.options.heartbeat_interval
+
+    def _heartbeat(self) -> None:
+        sent_at = time.monotonic()
+        self.do_heartbeat()
+        ttl = self.options.session_ttl
+        self._session_valid_until = sent_at + ttl - drift_margin(ttl) if ttl is not None else None
+        held = [*self._leases.values(), *self._leaders.values()]
+        if held:
+            lost = self.do_refresh(held)
+            for lease in held:
+                if (lease.name, lease.fence) in lost:
+                    self._lose(lease, "its refresh found it expired or taken")
+                else:
+                    lease._state.expires_at = self._expiry(lease.ttl, sent_at)  # noqa: SLF001
+        self._retry_waiters()
+
+    def _on_tick(self, msg: _Tick) -> None:
+        if msg.kind == "heartbeat":
+            self._heartbeat_queued = False
+            if self.state is CONNECTED:
+                self._run_guarded(self._heartbeat)
+        else:
+            self._poll_queued = False
+            if self.state is CONNECTED:
+                self._run_guarded(self._poll)
+
+    def _poll(self) -> None:
+        self.do_poll()
+        self._retry_waiters()
+
+    def _run_guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run background work; a backend failure fails the session, a bug is logged."""
+        try:
+            fn(*args)
+        except errors.BackendUnavailable as exc:
+            self._fail(exc)
+        except errors.CoordinationError:
+            logger.exception("%r: background %s failed", self, getattr(fn, "__name__", fn))
+        except Exception as exc:
+            translated = self._translated(exc)
+            if isinstance(translated, errors.BackendUnavailable):
+                self._fail(translated)
+
+    # -- watches ------------------------------------------------------------------
+
+    def _on_watch(self, msg: Watch, call: Call) -> None:
+        self.supervisor.tell(AddSubscriber(msg.group, msg.subscriber, msg.events))
+        if msg.group is None:
+            return
+        count = self._watched.get(msg.group, 0)
+        self._watched[msg.group] = count + 1
+        if count == 0 and self.state is CONNECTED:
+            self.do_watch(msg.group)
+
+    def _on_unwatch(self, msg: Unwatch, call: Call) -> None:
+        self.supervisor.tell(RemoveSubscriber(msg.group, msg.subscriber))
+        if msg.group is None or msg.group not in self._watched:
+            return
+        self._watched[msg.group] -= 1
+        if self._watched[msg.group] <= 0:
+            del self._watched[msg.group]
+            if self.state is CONNECTED:
+                self.do_unwatch(msg.group)
+
+    # -- connection, failure, restore ---------------------------------------------
+
+    def _connect(self, desired: DesiredState) -> None:
+        self._generation += 1
+        generation = self._generation
+        self.state = CONNECTING if self._first_connect else DOWN
+
+        def open_in_background() -> None:
+            try:
+                conn = self.open()
+            except BaseException as exc:  # noqa: BLE001 - reported to the actor
+                self.tell_self(_Opened(generation, desired, error=exc))
+            else:
+                self.tell_self(_Opened(generation, desired, conn=conn))
+
+        self.runtime.blocking.submit(open_in_background)
+
+    def _on_opened(self, msg: _Opened) -> None:
+        if msg.generation != self._generation or self.state is STOPPED:
+            if msg.conn is not None:
+                self.conn, stale = msg.conn, self.conn
+                self._close_quietly()
+                self.conn = stale
+            return
+        if msg.error is None:
+            self.conn = msg.conn
+            try:
+                self.on_connected()
+                self._session_valid_until = None
+                self._restore(msg.desired)
+                error: BaseException | None = None
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+        else:
+            error = msg.error
+        if error is not None:
+            failure = error if isinstance(error, errors.CoordinationError) else self.translate_error(error)
+            if failure is not error:
+                failure.__cause__ = error
+            failure.with_context(None, self.url)
+            if self.conn is not None:
+                self._close_quietly()
+            if self._first_connect:
+                self._connect_error = failure
+                for reply in self._connect_replies:
+                    reply.reject(failure)
+                self._connect_replies.clear()
+                return
+            self.state = DOWN
+            self.supervisor.tell(SessionDown(str(failure), ()))
+            return
+        self.state = CONNECTED
+        restored = not self._first_connect
+        self._first_connect = False
+        for reply in self._connect_replies:
+            reply.resolve(True)
+        self._connect_replies.clear()
+        self.supervisor.tell(SessionUp(restored))
+        parked, self._parked = self._parked, collections.deque()
+        for call in parked:
+            if call.reply.wanted():
+                self._serve(call)
+        self._run_guarded(self._retry_waiters)
+
+    def _restore(self, desired: DesiredState) -> None:
+        """Re-apply what the application asked for, on a fresh connection."""
+        self._joined = {}
+        for group, capabilities_json in desired.joined:
+            try:
+                self.do_join(group, capabilities_json, True)
+            except errors.MemberAlreadyJoined:
+                # Our old membership outlived the old session (its expiry has
+                # not come yet): take it over with the capabilities we want.
+                self.do_update_capabilities(group, capabilities_json)
+            self._joined[group] = capabilities_json
+        for group in desired.watched:
+            self._watched.setdefault(group, 1)
+        for group in self._watched:
+            self.do_watch(group)
+        self._campaigns = set(desired.campaigns)
+        for group in self._campaigns:
+            self._try_lead(group)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The connection is gone: every lease is lost; the supervisor restarts us."""
+        if self.state is not CONNECTED:
+            return
+        self.state = DOWN
+        cause = str(exc) or type(exc).__name__
+        lost = [*self._leases.values(), *self._leaders.values()]
+        for lease in lost:
+            lease._state.cause = f"session lost: {cause}"  # noqa: SLF001
+            lease.lost.set()
+            self._lost[lease.name] = f"fence {lease.fence} was lost at {time.strftime('%H:%M:%S')} with the session"
+        self._leases.clear()
+        self._leaders.clear()
+        self._close_quietly()
+        logger.warning("%r: session lost: %s", self, cause)
+        self.supervisor.tell(SessionDown(cause, tuple(lost)))
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail
+            logger.debug("%r: close failed", self, exc_info=True)
+        self.conn = None
+
+    def _on_reconnect(self, msg: Reconnect) -> None:
+        if self.state is DOWN:
+            self._connect(msg.desired)
+
+    def _on_inject_failure(self, msg: InjectFailure) -> None:
+        self._fail(errors.BackendUnavailable(msg.cause))
+
+    def _on_await_connected(self, msg: AwaitConnected, call: Call) -> Any:
+        if self.state is CONNECTED:
+            return True
+        if self._connect_error is not None:
+            raise self._connect_error
+        self._connect_replies.append(call.reply)
+        return _PENDING
+
+    def _on_shutdown(self, msg: Shutdown, call: Call) -> None:
+        if self.state is CONNECTED:
+            try:
+                for group in list(self._campaigns):
+                    self._stand_down(group)
+                for lease in list(self._leases.values()):
+                    self._release_lease(lease)
+                for group in list(self._joined):
+                    try:
+                        self.do_leave(group)
+                    except (errors.GroupNotFound, errors.MemberNotJoined):
+                        pass
+                self.do_shutdown()
+            except Exception:  # noqa: BLE001 - a dead backend cannot be left politely
+                logger.debug("%r: graceful shutdown failed", self, exc_info=True)
+        self._stop_everything(errors.CoordinatorStopped(f"the session with {self.url} was stopped"))
+
+    def _on_statistics(self, msg: GetStatistics, call: Call) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "leases": len(self._leases),
+            "leaderships": sorted(self._leaders),
+            "waiting": sum(len(w) for w in self._waiters.values()),
+            "parked": len(self._parked),
+            "joined": sorted(self._joined),
+            "campaigns": sorted(self._campaigns),
+            "watched": sorted(self._watched),
+            "connections": self._generation,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url} {getattr(self, 'state', '?')} member={getattr(self, 'member_id', '?')!r} leases={len(getattr(self, '_leases', ()))}>"

@@ -1,0 +1,308 @@
+"""SupervisorActor: keeps what the application asked for alive.
+
+It owns the session actor of one coordinator.  It learns of state changes by
+``tell`` from the session (off the reply path), restarts a failed session with
+capped exponential backoff, replays the desired state, and fans events out to
+subscribers, in order per subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import pykka
+
+from coordactors import errors
+from coordactors._protocol import (
+    AddSubscriber,
+    Call,
+    DesiredCampaign,
+    DesiredJoin,
+    DesiredLeave,
+    DesiredState,
+    LeaseEnded,
+    LeaseGranted,
+    Publish,
+    Reconnect,
+    RemoveSubscriber,
+    SessionCrashed,
+    SessionDown,
+    SessionUp,
+)
+from coordactors.backend_actors.base import CallInbox
+from coordactors.events import GROUP_EVENTS, Event, LockLost, SessionLost, SessionRestored
+from coordactors.messages import Lease, Unwatch, Watch
+from coordactors.runtime import SerialQueue
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Route", "SupervisorActor"]
+
+
+class Route:
+    """Where a coordinator's requests go: the current session actor.
+
+    Shared by the coordinator (reads) and the supervisor (swaps it when a
+    crashed session actor is replaced)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self) -> None:
+        self.session: pykka.ActorRef[Any] | None = None
+
+
+class _Subscriber:
+    """One subscriber: an actor ref, or a callable behind its own serial queue."""
+
+    __slots__ = ("events", "queue", "target")
+
+    def __init__(self, target: Any, events: frozenset[type[Event]], queue: SerialQueue | None) -> None:
+        self.target = target
+        self.events = events
+        self.queue = queue
+
+
+class SupervisorActor(pykka.ThreadingActor):
+    """Restarts the session, replays the desired state, fans events out.
+
+    All methods run on the supervisor's own thread and never block: reconnects
+    are scheduled on the ticker and performed by the session on an executor.
+    """
+
+    use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> CallInbox:
+        return CallInbox()
+
+    def __init__(self, session_factory: Callable[[pykka.ActorRef[Any], DesiredState, bool], pykka.ActorRef[Any]], route: Route, runtime: Any, options: Any) -> None:
+        super().__init__()
+        self._session_factory = session_factory
+        self._route = route
+        self._runtime = runtime
+        self._options = options
+        self._joined: dict[str, str] = {}
+        self._campaigns: set[str] = set()
+        self._subscribers: dict[str | None, list[_Subscriber]] = {}
+        self._leases: dict[tuple[str, int], Lease] = {}
+        self._down_since: float | None = None
+        self._backoff = options.backoff_initial
+        self._retry_timer: Any = None
+        self._stopping = False
+        self.restarts = 0
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Publish: self._on_publish,
+            DesiredJoin: self._on_desired_join,
+            DesiredLeave: self._on_desired_leave,
+            DesiredCampaign: self._on_desired_campaign,
+            AddSubscriber: self._on_add_subscriber,
+            RemoveSubscriber: self._on_remove_subscriber,
+            LeaseGranted: self._on_lease_granted,
+            LeaseEnded: self._on_lease_ended,
+            SessionDown: self._on_session_down,
+            SessionUp: self._on_session_up,
+            SessionCrashed: self._on_session_crashed,
+            Call: self._on_call,
+            _DropSubscriber: self._on_drop_subscriber,
+            _Retry: self._on_retry,
+        }
+
+    def on_start(self) -> None:
+        """Supervisor thread: start the first session actor."""
+        self._route.session = self._session_factory(self.actor_ref, self.desired_state(), False)
+
+    def on_stop(self) -> None:
+        """Supervisor thread: stop retrying, stop the session, close subscriber queues."""
+        self._stopping = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        session = self._route.session
+        if session is not None:
+            session.stop(block=True, timeout=10)
+        for subscribers in self._subscribers.values():
+            for sub in subscribers:
+                if sub.queue is not None:
+                    sub.queue.close()
+
+    def on_receive(self, message: Any) -> Any:
+        """Supervisor thread: route by type."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            logger.warning("supervisor ignored an unknown message %r", message)
+        else:
+            handler(message)
+        return None
+
+    def desired_state(self) -> DesiredState:
+        """What a new session must restore."""
+        watched = frozenset(g for g, subs in self._subscribers.items() if g is not None and subs)
+        return DesiredState(tuple(self._joined.items()), frozenset(self._campaigns), watched)
+
+    # -- requests from actor systems ------------------------------------------
+
+    def _on_call(self, call: Call) -> None:
+        message = call.message
+        if isinstance(message, (Watch, Unwatch)) and message.group is None:
+            if isinstance(message, Watch):
+                self._on_add_subscriber(AddSubscriber(None, message.subscriber, message.events))
+            else:
+                self._on_remove_subscriber(RemoveSubscriber(None, message.subscriber))
+            call.reply.resolve(None)
+            return
+        session = self._route.session
+        try:
+            if session is None:
+                raise pykka.ActorDeadError("no session")
+            session.tell(call)
+        except pykka.ActorDeadError:
+            call.reply.reject(errors.BackendUnavailable(f"the session with {self._options.redacted} is restarting"))
+
+    # -- desired state ----------------------------------------------------------
+
+    def _on_desired_join(self, msg: DesiredJoin) -> None:
+        self._joined[msg.group] = msg.capabilities_json
+
+    def _on_desired_leave(self, msg: DesiredLeave) -> None:
+        self._joined.pop(msg.group, None)
+
+    def _on_desired_campaign(self, msg: DesiredCampaign) -> None:
+        if msg.active:
+            self._campaigns.add(msg.group)
+        else:
+            self._campaigns.discard(msg.group)
+
+    def _on_lease_granted(self, msg: LeaseGranted) -> None:
+        self._leases[(msg.lease.name, msg.lease.fence)] = msg.lease
+
+    def _on_lease_ended(self, msg: LeaseEnded) -> None:
+        self._leases.pop((msg.name, msg.fence), None)
+
+    # -- subscribers and fan-out -----------------------------------------------------
+
+    def _on_add_subscriber(self, msg: AddSubscriber) -> None:
+        subscribers = self._subscribers.setdefault(msg.group, [])
+        for sub in subscribers:
+            if sub.target == msg.subscriber:
+                sub.events = msg.events
+                return
+        queue = None
+        if not isinstance(msg.subscriber, pykka.ActorRef):
+            target = msg.subscriber
+            queue = SerialQueue(self._runtime.callbacks, lambda exc: self._report_failed_callable(target, exc))
+        subscribers.append(_Subscriber(msg.subscriber, msg.events, queue))
+
+    def _on_remove_subscriber(self, msg: RemoveSubscriber) -> None:
+        subscribers = self._subscribers.get(msg.group, [])
+        for sub in list(subscribers):
+            if sub.target == msg.subscriber:
+                subscribers.remove(sub)
+                if sub.queue is not None:
+                    sub.queue.close()
+        if not subscribers:
+            self._subscribers.pop(msg.group, None)
+
+    def _report_failed_callable(self, target: Any, exc: BaseException) -> None:
+        # Runs on a callback thread: log here, drop on the supervisor's thread.
+        logger.error("subscriber %r failed and was dropped", target, exc_info=exc)
+        try:
+            self.actor_ref.tell(_DropSubscriber(target))
+        except pykka.ActorDeadError:
+            pass
+
+    def _on_drop_subscriber(self, msg: _DropSubscriber) -> None:
+        for group in list(self._subscribers):
+            self._on_remove_subscriber(RemoveSubscriber(group, msg.target))
+
+    def _on_publish(self, msg: Publish) -> None:
+        self._fan_out(msg.event)
+
+    def _fan_out(self, event: Event) -> None:
+        group = getattr(event, "group", None) if type(event) in GROUP_EVENTS else None
+        for sub in list(self._subscribers.get(group, ())):
+            if type(event) not in sub.events:
+                continue
+            if sub.queue is None:
+                try:
+                    sub.target.tell(event)
+                except pykka.ActorDeadError:
+                    logger.warning("subscriber %r is dead and was dropped", sub.target)
+                    self._on_drop_subscriber(_DropSubscriber(sub.target))
+            else:
+                sub.queue.put(sub.target, event)
+
+    # -- supervision ----------------------------------------------------------------
+
+    def _on_session_down(self, msg: SessionDown) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._fan_out(SessionLost(msg.cause))
+        for lease in msg.lost:
+            self._leases.pop((lease.name, lease.fence), None)
+            self._fan_out(LockLost(lease.name, lease.fence, f"session lost: {msg.cause}"))
+        self._schedule_retry()
+
+    def _on_session_crashed(self, msg: SessionCrashed) -> None:
+        logger.error("the session with %s crashed (%s); starting a new one", self._options.redacted, msg.cause)
+        self._route.session = None
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._fan_out(SessionLost(msg.cause))
+        for lease in list(self._leases.values()):
+            lease._state.cause = f"session crashed: {msg.cause}"  # noqa: SLF001
+            lease.lost.set()
+            self._fan_out(LockLost(lease.name, lease.fence, f"session crashed: {msg.cause}"))
+        self._leases.clear()
+        self._schedule_retry(replace_actor=True)
+
+    def _schedule_retry(self, *, replace_actor: bool = False) -> None:
+        if self._stopping:
+            return
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self._options.backoff_max)
+        ref = self.actor_ref
+        self._retry_timer = self._runtime.ticker.call_later(delay, lambda: _tell_quietly(ref, _Retry(replace_actor)))
+
+    def _on_retry(self, msg: _Retry) -> None:
+        self._retry_timer = None
+        if self._stopping:
+            return
+        self.restarts += 1
+        if msg.replace_actor or self._route.session is None:
+            self._route.session = self._session_factory(self.actor_ref, self.desired_state(), True)
+            return
+        try:
+            self._route.session.tell(Reconnect(self.desired_state()))
+        except pykka.ActorDeadError:
+            self._route.session = self._session_factory(self.actor_ref, self.desired_state(), True)
+
+    def _on_session_up(self, msg: SessionUp) -> None:
+        self._backoff = self._options.backoff_initial
+        if self._down_since is not None:
+            downtime = time.monotonic() - self._down_since
+            self._down_since = None
+            self._fan_out(SessionRestored(downtime))
+
+
+class _DropSubscriber:
+    __slots__ = ("target",)
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+
+class _Retry:
+    __slots__ = ("replace_actor",)
+
+    def __init__(self, replace_actor: bool) -> None:
+        self.replace_actor = replace_actor
+
+
+def _tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
