@@ -1,0 +1,166 @@
+"""file:///dir: coordination between the processes of one host, through a directory.
+
+The registry is one JSON document, ``<dir>/registry.json``, read and written
+under an exclusive inter-process lock on ``<dir>/registry.lock`` (fasteners),
+and replaced atomically (write to a temporary file, then ``os.replace``), so a
+process killed mid-write never leaves a torn document.
+
+fasteners locks with ``lockf``, which POSIX ties to the process, not the file
+descriptor: two coordinators of one process would not exclude each other
+through it.  A threading lock per directory serialises them first.
+
+Liveness: each session registers its pid (with the process's start time, so a
+reused pid is not mistaken for it) and an expiry refreshed by its heartbeat.
+A process that dies is reaped by the next operation of any other process: its
+locks are free and its memberships leave at once.  A process that hangs is
+reaped after ``session_ttl``.  Other processes notice changes by polling the
+document's inode and mtime every ``poll_interval``.
+
+URL: ``file:///absolute/dir`` (``file://localhost/dir`` too); common options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import time
+from typing import Any, Iterator
+
+import fasteners
+
+from coordactors import errors
+from coordactors.backend_actors._registry import Registry, boot_id, check_format, new_document, process_alive
+from coordactors.backend_actors.local import LocalSession
+from coordactors.characteristics import Characteristics as C
+from coordactors.urls import SessionOptions
+
+__all__ = ["FileSession", "FileStorage"]
+
+_process_locks: dict[str, tuple[threading.Lock, fasteners.InterProcessLock]] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _locks_for(directory: str) -> tuple[threading.Lock, fasteners.InterProcessLock]:
+    # One InterProcessLock per directory per process: closing any descriptor
+    # of a lockf'd file drops the process's lock, so never open two.
+    with _process_locks_guard:
+        found = _process_locks.get(directory)
+        if found is None:
+            found = _process_locks[directory] = (threading.Lock(), fasteners.InterProcessLock(os.path.join(directory, "registry.lock")))
+        return found
+
+
+def fence_floor() -> int:
+    """Milliseconds since the epoch times 1,000: a fence seed that never goes backwards."""
+    return int(time.time() * 1000) * 1000
+
+
+def owner_alive(owner: dict[str, Any]) -> bool:
+    """True if the owner's process still runs (same pid, same start time, not a zombie)."""
+    return process_alive(int(owner["pid"]), owner.get("start"))
+
+
+class FileStorage:
+    """The registry in a JSON file under an inter-process lock."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise errors.BackendUnavailable(f"cannot use directory {directory!r}: {exc.strerror}") from exc
+        if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            raise errors.BackendUnavailable(f"cannot use directory {directory!r}: no read/write permission")
+        self.path = os.path.join(directory, "registry.json")
+        self._thread_lock, self._process_lock = _locks_for(directory)
+        self._boot = boot_id()
+        self._seen: tuple[int, int, int] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            return new_document(self._boot)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        check_format(doc, self.path)
+        if doc["boot"] != self._boot:
+            # Written before a reboot: every process it names is gone and its
+            # monotonic times mean nothing.  Groups and fences carry over.
+            doc["owners"], doc["locks"], doc["boot"] = {}, {}, self._boot
+        return doc  # type: ignore[no-any-return]
+
+    def _store(self, doc: dict[str, Any]) -> None:
+        handle, temporary = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=self.directory)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(doc, out, separators=(",", ":"), ensure_ascii=False)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Registry]:
+        with self._thread_lock:
+            try:
+                self._process_lock.acquire()
+            except OSError as exc:
+                raise errors.BackendUnavailable(f"cannot lock {self.directory!r}: {exc}") from exc
+            try:
+                registry = Registry(self._load(), time.monotonic(), owner_alive, fence_floor())
+                registry.reap()
+                yield registry
+                if registry.dirty:
+                    self._store(registry.doc)
+            except OSError as exc:
+                raise errors.BackendUnavailable(f"cannot read or write {self.path!r}: {exc}") from exc
+            finally:
+                self._process_lock.release()
+
+    def changed(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        return True
+
+    def listen(self, callback: Any) -> None:
+        """Changes by other processes are polled, not pushed."""
+
+    def unlisten(self, callback: Any) -> None:
+        """Nothing to undo."""
+
+    def close(self) -> None:
+        """The lock file stays open for the process (see ``_locks_for``)."""
+
+
+class FileSession(LocalSession):
+    """Session of ``file:///dir``: processes of one host, through a directory."""
+
+    CHARACTERISTICS = frozenset(
+        {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.NON_TIMEOUT_BASED, C.LINEARIZABLE,
+         C.SEQUENTIAL, C.CAUSAL, C.SERIALIZABLE, C.SAME_VIEW_UNDER_PARTITIONS, C.SAME_VIEW_ACROSS_CLIENTS}
+    )
+    POLLS = True
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        if options.host not in (None, "", "localhost"):
+            raise errors.InvalidArgument(f"file:// URLs name a local directory; host {options.host!r} is not supported in {options.redacted!r}")
+        if not options.path.startswith("/") or options.path == "/":
+            raise errors.InvalidArgument(f"file:// needs an absolute directory, e.g. file:///var/lib/myapp/coord (got {options.redacted!r})")
+
+    def open_storage(self) -> FileStorage:
+        return FileStorage(os.path.normpath(self.options.path))
