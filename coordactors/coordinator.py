@@ -125,6 +125,10 @@ class Coordinator:
         message = call.message
         if not isinstance(message, Message):
             raise errors.InvalidArgument(f"expected a coordactors message, got {type(message).__name__}")
+        self._send_unchecked(call)
+
+    def _send_unchecked(self, call: Call) -> None:
+        message = call.message
         if self._stopped:
             raise errors.CoordinatorStopped(f"cannot send {message!r}: the coordinator for {self.member_id!r} on {self.url} is stopped")
         if type(message) in (Watch, Unwatch) and message.group is None:  # type: ignore[attr-defined]
@@ -282,7 +286,9 @@ class Coordinator:
 
     def statistics(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """The session's state, leases, waiters, memberships and restarts."""
-        stats: dict[str, Any] = self.ask(GetStatistics(), block=True, timeout=timeout)  # type: ignore[arg-type]
+        future = RequestFuture("statistics")
+        self._send_unchecked(Call(GetStatistics(), future, deadline_after(timeout)))
+        stats: dict[str, Any] = future.get(timeout=timeout)
         stats["url"] = self.url
         stats["member_id"] = self.member_id
         return stats

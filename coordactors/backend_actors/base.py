@@ -308,7 +308,8 @@ class SessionActor(pykka.ThreadingActor):
         """Prove the session alive; raise BackendUnavailable if the backend dropped it."""
 
     def do_watch(self, group: str) -> None:
-        """Start pushing ``group``'s events (via ``self.emit``)."""
+        """Start pushing ``group``'s events (via ``self.emit``); called before
+        ``group`` joins ``watched_groups``, so only later events are sent."""
 
     def do_unwatch(self, group: str) -> None:
         """Stop pushing ``group``'s events."""
@@ -712,9 +713,9 @@ class SessionActor(pykka.ThreadingActor):
         if msg.group is None:
             return
         count = self._watched.get(msg.group, 0)
-        self._watched[msg.group] = count + 1
         if count == 0 and self.state is CONNECTED:
             self.do_watch(msg.group)
+        self._watched[msg.group] = count + 1
 
     def _on_unwatch(self, msg: Unwatch, call: Call) -> None:
         self.supervisor.tell(RemoveSubscriber(msg.group, msg.subscriber))

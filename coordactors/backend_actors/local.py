@@ -164,7 +164,9 @@ class LocalSession(SessionActor):
             )
 
     def do_watch(self, group: str) -> None:
-        """Events come from the registry's log; nothing to set up."""
+        """Events come from the registry's log: deliver what is pending for
+        the groups already watched, so the new watch starts from now."""
+        self._read_events()
 
     def do_poll(self) -> None:
         if self.conn.changed():

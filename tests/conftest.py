@@ -1,0 +1,85 @@
+"""Fixtures: one behaviour suite, parametrised over every backend.
+
+Each row of BACKENDS names a backend and how to give a test a private place
+on it (a fresh memory namespace, temp directory, IPC name...).  Backends that
+need a server add rows whose fixture starts the server; the tests do not
+change.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import coordactors
+from coordactors.testing import EventRecorder
+
+
+def _memory_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    yield f"memory://t{uuid.uuid4().hex[:12]}"
+
+
+def _zake_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    yield f"zake://t{uuid.uuid4().hex[:12]}"
+
+
+def _file_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    yield f"file://{tmp_path}/coord"
+
+
+def _ipc_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    from coordactors.backend_actors.ipc import destroy
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"ipc://{name}?mutex_timeout=0.2"
+    finally:
+        destroy(name)
+
+
+BACKENDS: list[Any] = [
+    pytest.param(_memory_url, id="memory"),
+    pytest.param(_zake_url, id="zake"),
+    pytest.param(_file_url, id="file"),
+    pytest.param(_ipc_url, id="ipc"),
+]
+
+CROSS_PROCESS_BACKENDS: list[Any] = [
+    pytest.param(_file_url, id="file"),
+    pytest.param(_ipc_url, id="ipc"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    """A URL naming a private, empty place on one backend."""
+    yield from request.param(request, tmp_path)
+
+
+@pytest.fixture(params=CROSS_PROCESS_BACKENDS)
+def cross_process_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    """A URL on a backend that coordinates separate processes."""
+    yield from request.param(request, tmp_path)
+
+
+@pytest.fixture
+def connect(backend_url: str) -> Iterator[Callable[..., coordactors.Coordinator]]:
+    """Make coordinators on ``backend_url`` (or another URL); all are stopped after the test."""
+    made: list[coordactors.Coordinator] = []
+
+    def make(member_id: str | None = None, url: str | None = None, **kwargs: Any) -> coordactors.Coordinator:
+        coordinator = coordactors.connect(url or backend_url, member_id or f"member-{len(made)}", **kwargs)
+        made.append(coordinator)
+        return coordinator
+
+    yield make
+    for coordinator in made:
+        coordinator.stop()
+
+
+@pytest.fixture
+def recorder() -> EventRecorder:
+    """A fresh EventRecorder."""
+    return EventRecorder()
