@@ -323,9 +323,14 @@ class Reconnect:
 
 @attrs.frozen
 class InjectFailure:
-    """Act as if the connection to the backend was lost (for tests and drills)."""
+    """Act as if the connection to the backend was lost (for tests and drills).
+
+    With ``crash``, raise inside the session actor instead, as a bug would:
+    the actor dies and the supervisor replaces it.
+    """
 
     cause: str
+    crash: bool = False
 
 
 @attrs.frozen

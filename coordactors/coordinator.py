@@ -291,17 +291,21 @@ class Coordinator:
         stats: dict[str, Any] = future.get(timeout=timeout)
         stats["url"] = self.url
         stats["member_id"] = self.member_id
+        stats["restarts"] = self._route.restarts
+        stats["retry_delays"] = list(self._route.retry_delays)
         return stats
 
-    def inject_failure(self, cause: str = "failure injected") -> None:
+    def inject_failure(self, cause: str = "failure injected", *, crash: bool = False) -> None:
         """Act as if the connection to the backend was lost (for tests and drills).
 
         The session drops its connection, every lease is lost, and the
-        supervisor restores the session as after a real failure.
+        supervisor restores the session as after a real failure.  With
+        ``crash=True`` the session actor dies of an exception instead, as a
+        bug would make it, and the supervisor replaces it.
         """
         session = self._route.session
         if session is not None:
-            session.tell(InjectFailure(cause))
+            session.tell(InjectFailure(cause, crash))
 
     # -- lifecycle ----------------------------------------------------------------
 

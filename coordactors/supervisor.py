@@ -38,7 +38,7 @@ from coordactors.runtime import SerialQueue
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Route", "SupervisorActor"]
+__all__ = ["Backoff", "Route", "SupervisorActor"]
 
 
 class Route:
@@ -47,10 +47,38 @@ class Route:
     Shared by the coordinator (reads) and the supervisor (swaps it when a
     crashed session actor is replaced)."""
 
-    __slots__ = ("session",)
+    __slots__ = ("restarts", "retry_delays", "session")
 
     def __init__(self) -> None:
         self.session: pykka.ActorRef[Any] | None = None
+        self.restarts = 0
+        self.retry_delays: list[float] = []
+        """The latest reconnect delays, for statistics()."""
+
+
+class Backoff:
+    """Capped exponential backoff: ``initial``, doubled per failure, at most ``maximum``.
+
+    ``reset()`` after a success.  No jitter: each supervisor reconnects one
+    session, so there is no herd to spread within a process.
+    """
+
+    __slots__ = ("_next", "initial", "maximum")
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next(self) -> float:
+        """The delay before the next attempt; the one after doubles, up to ``maximum``."""
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        """Start again from ``initial``."""
+        self._next = self.initial
 
 
 class _Subscriber:
@@ -88,10 +116,9 @@ class SupervisorActor(pykka.ThreadingActor):
         self._subscribers: dict[str | None, list[_Subscriber]] = {}
         self._leases: dict[tuple[str, int], Lease] = {}
         self._down_since: float | None = None
-        self._backoff = options.backoff_initial
+        self.backoff = Backoff(options.backoff_initial, options.backoff_max)
         self._retry_timer: Any = None
         self._stopping = False
-        self.restarts = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             Publish: self._on_publish,
             DesiredJoin: self._on_desired_join,
@@ -131,8 +158,13 @@ class SupervisorActor(pykka.ThreadingActor):
         handler = self._handlers.get(type(message))
         if handler is None:
             logger.warning("supervisor ignored an unknown message %r", message)
-        else:
+            return None
+        try:
             handler(message)
+        except Exception:
+            # The supervisor must outlive its own bugs: a dead supervisor
+            # would restore nothing and deliver no event.
+            logger.exception("supervisor of %s failed handling %r", self._options.redacted, message)
         return None
 
     def desired_state(self) -> DesiredState:
@@ -261,8 +293,9 @@ class SupervisorActor(pykka.ThreadingActor):
             return
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self._options.backoff_max)
+        delay = self.backoff.next()
+        self._route.retry_delays.append(delay)
+        del self._route.retry_delays[:-32]
         ref = self.actor_ref
         self._retry_timer = self._runtime.ticker.call_later(delay, lambda: _tell_quietly(ref, _Retry(replace_actor)))
 
@@ -270,7 +303,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._retry_timer = None
         if self._stopping:
             return
-        self.restarts += 1
+        self._route.restarts += 1
         if msg.replace_actor or self._route.session is None:
             self._route.session = self._session_factory(self.actor_ref, self.desired_state(), True)
             return
@@ -280,7 +313,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self._route.session = self._session_factory(self.actor_ref, self.desired_state(), True)
 
     def _on_session_up(self, msg: SessionUp) -> None:
-        self._backoff = self._options.backoff_initial
+        self.backoff.reset()
         if self._down_since is not None:
             downtime = time.monotonic() - self._down_since
             self._down_since = None

@@ -839,6 +839,8 @@ class SessionActor(pykka.ThreadingActor):
             self._connect(msg.desired)
 
     def _on_inject_failure(self, msg: InjectFailure) -> None:
+        if msg.crash:
+            raise RuntimeError(f"crash injected: {msg.cause}")
         self._fail(errors.BackendUnavailable(msg.cause))
 
     def _on_await_connected(self, msg: AwaitConnected, call: Call) -> Any:
