@@ -65,12 +65,18 @@ def cross_process_url(request: Any, tmp_path: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def connect(backend_url: str) -> Iterator[Callable[..., coordactors.Coordinator]]:
-    """Make coordinators on ``backend_url`` (or another URL); all are stopped after the test."""
+def connect(request: Any) -> Iterator[Callable[..., coordactors.Coordinator]]:
+    """Make coordinators on ``backend_url`` (or the URL given); all are stopped after the test.
+
+    ``backend_url`` is looked up only when no URL is given, so tests on other
+    backends (cross-process, servers) can use this without being
+    parametrised over every backend.
+    """
     made: list[coordactors.Coordinator] = []
 
     def make(member_id: str | None = None, url: str | None = None, **kwargs: Any) -> coordactors.Coordinator:
-        coordinator = coordactors.connect(url or backend_url, member_id or f"member-{len(made)}", **kwargs)
+        target = url or request.getfixturevalue("backend_url")
+        coordinator = coordactors.connect(target, member_id or f"member-{len(made)}", **kwargs)
         made.append(coordinator)
         return coordinator
 

@@ -754,8 +754,13 @@ class SessionActor(pykka.ThreadingActor):
         if msg.error is None:
             self.conn = msg.conn
             try:
+                registered_at = time.monotonic()
                 self.on_connected()
-                self._session_valid_until = None
+                ttl = self.options.session_ttl
+                # The session's lifetime runs from its registration, not from
+                # its first heartbeat: a lease granted before that heartbeat
+                # must still expire locally if the process stalls.
+                self._session_valid_until = registered_at + ttl - drift_margin(ttl) if ttl is not None else None
                 self._restore(msg.desired)
                 error: BaseException | None = None
             except Exception as exc:  # noqa: BLE001
