@@ -65,24 +65,28 @@ def cross_process_url(request: Any, tmp_path: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def connect(request: Any) -> Iterator[Callable[..., coordactors.Coordinator]]:
-    """Make coordinators on ``backend_url`` (or the URL given); all are stopped after the test.
-
-    ``backend_url`` is looked up only when no URL is given, so tests on other
-    backends (cross-process, servers) can use this without being
-    parametrised over every backend.
-    """
+def coordinators() -> Iterator[Callable[..., coordactors.Coordinator]]:
+    """Make coordinators on any URL; all are stopped after the test."""
     made: list[coordactors.Coordinator] = []
 
-    def make(member_id: str | None = None, url: str | None = None, **kwargs: Any) -> coordactors.Coordinator:
-        target = url or request.getfixturevalue("backend_url")
-        coordinator = coordactors.connect(target, member_id or f"member-{len(made)}", **kwargs)
-        made.append(coordinator)
-        return coordinator
+    def make(member_id: str, url: str, **kwargs: Any) -> coordactors.Coordinator:
+        made.append(coordactors.connect(url, member_id, **kwargs))
+        return made[-1]
 
     yield make
     for coordinator in made:
         coordinator.stop()
+
+
+@pytest.fixture
+def connect(backend_url: str, coordinators: Callable[..., coordactors.Coordinator]) -> Callable[..., coordactors.Coordinator]:
+    """Make coordinators on ``backend_url`` (or the URL given); all are stopped after the test."""
+    count = iter(range(1_000_000))
+
+    def make(member_id: str | None = None, url: str | None = None, **kwargs: Any) -> coordactors.Coordinator:
+        return coordinators(member_id or f"member-{next(count)}", url or backend_url, **kwargs)
+
+    return make
 
 
 @pytest.fixture

@@ -98,8 +98,8 @@ def child(cross_process_url):
 
 
 @pytest.fixture
-def parent(cross_process_url, connect):
-    return lambda member="parent", url=None: connect(member, url=url or cross_process_url)
+def parent(cross_process_url, coordinators):
+    return lambda member="parent", url=None: coordinators(member, url or cross_process_url)
 
 
 def test_two_processes_exclude_each_other(child, parent):
@@ -176,13 +176,13 @@ def test_a_paused_holder_loses_its_lease_before_another_is_granted(child, parent
     other.wait_for_event("SessionRestored")
 
 
-def test_an_ipc_mutex_holder_killed_with_sigkill_does_not_wedge_others(tmp_path, connect):
+def test_an_ipc_mutex_holder_killed_with_sigkill_does_not_wedge_others(coordinators):
     from coordactors.backend_actors.ipc import destroy
 
     name = f"wedge{os.getpid()}"
     url = f"ipc://{name}?mutex_timeout=0.2"
     try:
-        coord = connect("parent", url=url)
+        coord = coordinators("parent", url)
         coord.join("g", create=True)
         other = Child(url, "child")
         try:
@@ -193,5 +193,4 @@ def test_an_ipc_mutex_holder_killed_with_sigkill_does_not_wedge_others(tmp_path,
         finally:
             other.close()
     finally:
-        coord.stop()
         destroy(name)
