@@ -26,7 +26,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     # scheme: ("module:Class", pip extra that installs its client library)
     "memory": ("coordactors.backend_actors.memory:MemorySession", None),
     "zake": ("coordactors.backend_actors.memory:MemorySession", None),
-    "file": ("coordactors.backend_actors.file:FileSession", None),
+    "file": ("coordactors.backend_actors.file:FileSession", "file"),
     "ipc": ("coordactors.backend_actors.ipc:IpcSession", "ipc"),
 }
 
