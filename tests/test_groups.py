@@ -139,3 +139,20 @@ def test_errors_name_the_backend_without_secrets(connect, backend_url):
     assert caught.value.backend == coord.url
     assert isinstance(caught.value.request, Leave)
     assert coord.url in str(caught.value)
+
+
+def test_actor_systems_ask_the_supervisor_and_get_replies_and_errors(connect):
+    coord = connect("a")
+    ref = coord.actor_ref
+    assert ref.ask(Join("g", {"k": 1}, create=True), block=False).get(timeout=10) is None
+    assert ref.ask(GetMembers("g"), timeout=10) == {"a"}
+    with pytest.raises(errors.MemberAlreadyJoined):
+        ref.ask(Join("g"), timeout=10)
+
+
+def test_threads_are_named_after_backend_and_member(connect):
+    import threading
+
+    coord = connect("named-member")
+    assert any("[named-member]" in thread.name for thread in threading.enumerate())
+    assert "named-member" in repr(coord)

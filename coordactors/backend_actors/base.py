@@ -18,6 +18,7 @@ import collections
 import json
 import logging
 import queue
+import threading
 import time
 from typing import Any, Callable, ClassVar
 
@@ -176,6 +177,12 @@ class SessionActor(pykka.ThreadingActor):
     @staticmethod
     def _create_actor_inbox() -> CallInbox:
         return CallInbox()
+
+    def _start_actor_loop(self) -> None:
+        # Name the thread after backend and member (pykka would say
+        # "MemorySession-7"), so a thread dump says whose session it is.
+        thread = threading.Thread(target=self._actor_loop, name=f"{type(self).__name__}[{self.member_id}]", daemon=self.use_daemon_thread)
+        thread.start()
 
     @classmethod
     def check_location(cls, options: SessionOptions) -> None:
