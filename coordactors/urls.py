@@ -32,20 +32,32 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
 
 SECRET_OPTIONS = frozenset({"password", "token", "secret", "sasl_password", "auth"})
 
-_USERINFO = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.\-]*://[^/@?#]*?):[^/@?#]*@")
-
-
 def redact(url: Any) -> str:
-    """The URL with any password (userinfo or secret option) replaced by ``***``."""
+    """The URL with any password (userinfo or secret option) replaced by ``***``.
+
+    Splits as urllib does -- the authority ends at the first '/', '?' or '#',
+    and the userinfo at its LAST '@' -- whatever the scheme looks like, so
+    nothing urllib would read as a password is ever shown.
+    """
     text = url.decode("utf-8", "replace") if isinstance(url, (bytes, bytearray)) else str(url)
-    text = _USERINFO.sub(r"\g<head>:***@", text)
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        authority, tail = rest[:end], rest[end:]
+        if "@" in authority:
+            userinfo, _, host = authority.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.partition(":")[0] + ":***"
+            authority = f"{userinfo}@{host}"
+        text = scheme + sep + authority + tail
     if "?" in text:
         base, _, query = text.partition("?")
         query, hash_, fragment = query.partition("#")
         parts = []
         for piece in query.split("&"):
             key, eq, _value = piece.partition("=")
-            parts.append(f"{key}=***" if eq and key.lower() in SECRET_OPTIONS else piece)
+            name = urllib.parse.unquote_plus(key).lstrip("?").strip().lower()
+            parts.append(f"{key}=***" if eq and name in SECRET_OPTIONS else piece)
         text = base + "?" + "&".join(parts) + hash_ + fragment
     return text
 
@@ -150,7 +162,10 @@ class SessionOptions:
             host = split.hostname
             query = urllib.parse.parse_qsl(split.query, keep_blank_values=True, strict_parsing=bool(split.query))
         except ValueError as exc:
-            raise InvalidArgument(f"malformed URL {shown!r}: {exc}") from None
+            # urllib quotes the raw netloc (password included) in some of its
+            # messages: keep the reason, drop whatever it quoted.
+            reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", str(exc))
+            raise InvalidArgument(f"malformed URL {shown!r}: {reason}") from None
         if split.fragment:
             raise InvalidArgument(f"URL {shown!r} must not have a fragment ('#...')")
         values: dict[str, Any] = dict(defaults)

@@ -76,7 +76,10 @@ def timeout(value: Any, what: str = "timeout") -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"'{what}' must be a number of seconds or None (got {_describe(value)})")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise InvalidArgument(f"'{what}' must be >= 0 and finite, or None (got a number too large for a float)") from None
     if math.isnan(value) or value < 0 or math.isinf(value):
         raise InvalidArgument(f"'{what}' must be >= 0 and finite, or None (got {value!r})")
     return value
