@@ -49,7 +49,7 @@ from coordactors._protocol import (
     Shutdown,
 )
 from coordactors.characteristics import Characteristics
-from coordactors.events import Event, LockLost
+from coordactors.events import Event, LeaderElected, LockLost, MemberJoined, MemberLeft
 from coordactors.messages import (
     Acquire,
     Campaign,
@@ -140,6 +140,16 @@ class _Wake:
 
     def __init__(self, names: Any = None) -> None:
         self.names = names
+
+
+class _Run:
+    """Run ``fn(*args)`` on the actor thread (sent from a client library's thread)."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
 
 
 class _Waiter:
@@ -253,7 +263,9 @@ class SessionActor(pykka.ThreadingActor):
             _Wake: self._on_wake,
             Reconnect: self._on_reconnect,
             InjectFailure: self._on_inject_failure,
+            _Run: self._on_run,
         }
+        self._snapshots: dict[str, tuple[frozenset[str], str | None]] = {}
 
     # -- hooks for backends ------------------------------------------------
 
@@ -349,6 +361,46 @@ class SessionActor(pykka.ThreadingActor):
             self.actor_ref.tell(message)
         except pykka.ActorDeadError:
             pass
+
+    def run_on_actor(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From any thread (a watch callback, a stream reader): run ``fn(*args)``
+        on the actor thread, in order with everything else the actor does.
+        A BackendUnavailable it raises fails the session."""
+        self.tell_self(_Run(fn, args))
+
+    def _on_run(self, msg: _Run) -> None:
+        if self.state is CONNECTED:
+            self._run_guarded(msg.fn, *msg.args)
+
+    def resync(self, group: str) -> None:
+        """Read ``group``'s members and leader and emit what changed since the
+        last look, for backends that can see state but keep no event log.
+        Changes that came and went between two looks are not seen."""
+        try:
+            members = self.do_get_members(group)
+        except errors.GroupNotFound:
+            members = frozenset()
+        leader = self.do_lock_holder(leader_lock_name(group))
+        old_members, old_leader = self._snapshots.get(group, (frozenset(), None))
+        self._snapshots[group] = (members, leader)
+        for member in sorted(old_members - members):
+            self.emit(MemberLeft(group, member))
+        for member in sorted(members - old_members):
+            self.emit(MemberJoined(group, member))
+        if leader is not None and leader != old_leader:
+            self.emit(LeaderElected(group, leader))
+
+    def snapshot(self, group: str) -> None:
+        """Record ``group``'s state without emitting: later ``resync`` reports changes from now."""
+        try:
+            members = self.do_get_members(group)
+        except errors.GroupNotFound:
+            members = frozenset()
+        self._snapshots[group] = (members, self.do_lock_holder(leader_lock_name(group)))
+
+    def forget_snapshot(self, group: str) -> None:
+        """Drop ``group``'s snapshot (it is no longer watched)."""
+        self._snapshots.pop(group, None)
 
     @property
     def watched_groups(self) -> frozenset[str]:
