@@ -8,6 +8,7 @@ change.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from typing import Any, Callable, Iterator
 
@@ -39,12 +40,37 @@ def _ipc_url(request: Any, tmp_path: Any) -> Iterator[str]:
         destroy(name)
 
 
+def _on_server(fixture: str, scheme: str | None = None) -> Callable[[Any, Any], Iterator[str]]:
+    """A row for a networked backend: the session-wide server, a private namespace per test."""
+
+    def url(request: Any, tmp_path: Any) -> Iterator[str]:
+        server = request.getfixturevalue(fixture)
+        base = server.url if scheme is None else scheme + server.url.partition("://")[1] + server.url.partition("://")[2]
+        yield f"{base}{'&' if '?' in base else '?'}namespace=t{uuid.uuid4().hex[:12]}"
+
+    return url
+
+
+def _built(module: str) -> bool:
+    return importlib.util.find_spec(f"coordactors.backend_actors.{module}") is not None
+
+
+if importlib.util.find_spec("coordactors.testing.pytest_plugin") is not None:
+    pytest_plugins = ["coordactors.testing.pytest_plugin"]
+
 BACKENDS: list[Any] = [
     pytest.param(_memory_url, id="memory"),
     pytest.param(_zake_url, id="zake"),
     pytest.param(_file_url, id="file"),
     pytest.param(_ipc_url, id="ipc"),
 ]
+NETWORKED = [
+    ("redis", "redis_server", "redis", None),
+    ("zookeeper", "zookeeper_server", "zookeeper", None),
+    ("kazoo", "zookeeper_server", "zookeeper", "kazoo"),
+    ("memcached", "memcached_server", "memcached", None),
+]
+BACKENDS += [pytest.param(_on_server(fixture, scheme), id=name) for name, fixture, module, scheme in NETWORKED if _built(module)]
 
 CROSS_PROCESS_BACKENDS: list[Any] = [
     pytest.param(_file_url, id="file"),

@@ -176,6 +176,10 @@ class SessionActor(pykka.ThreadingActor):
         OPTIONS: backend-specific URL options: name -> converter.
         POLLS: True if events and freed locks are only seen by polling, in
             which case ``do_poll`` runs every ``poll_interval``.
+        LEASE_TTL: False where a lock lives exactly as long as the session
+            (a ZooKeeper ephemeral node, a database connection): an explicit
+            ``Acquire(ttl=...)`` is refused with NotSupported rather than
+            silently ignored.
     """
 
     use_daemon_thread = True
@@ -183,6 +187,7 @@ class SessionActor(pykka.ThreadingActor):
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     OPTIONS: ClassVar[dict[str, Callable[[str, str], Any]]] = {}
     POLLS: ClassVar[bool] = False
+    LEASE_TTL: ClassVar[bool] = True
 
     @staticmethod
     def _create_actor_inbox() -> CallInbox:
@@ -611,6 +616,11 @@ class SessionActor(pykka.ThreadingActor):
         return self._session_valid_until
 
     def _on_acquire(self, msg: Acquire, call: Call) -> Any:
+        if msg.ttl is not None and not self.LEASE_TTL:
+            raise errors.NotSupported(
+                f"cannot acquire {msg.name!r} with ttl={msg.ttl}: on this backend a lock lives exactly as long as "
+                "the session (see session_ttl), so a per-lease TTL is not supported"
+            )
         ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
         queued = self._waiters.get(msg.name)
         if not queued and msg.name not in self._leases:
