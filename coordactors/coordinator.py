@@ -102,7 +102,7 @@ class Coordinator:
         def start_session(supervisor: pykka.ActorRef[Any], desired: Any, restarting: bool) -> pykka.ActorRef[Any]:
             return session_class.start(
                 options, self.member_id, supervisor, self._runtime, desired,
-                restarting=restarting, wait_while_down=wait_while_down,
+                restarting=restarting, wait_while_down=wait_while_down, session_token=self._route.token,
             )
 
         try:

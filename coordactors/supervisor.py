@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, Callable
 
 import pykka
@@ -47,10 +48,12 @@ class Route:
     Shared by the coordinator (reads) and the supervisor (swaps it when a
     crashed session actor is replaced)."""
 
-    __slots__ = ("restarts", "retry_delays", "session")
+    __slots__ = ("restarts", "retry_delays", "session", "token")
 
     def __init__(self) -> None:
         self.session: pykka.ActorRef[Any] | None = None
+        self.token = uuid.uuid4().hex
+        """The session's identity at the backend, kept across restarts."""
         self.restarts = 0
         self.retry_delays: list[float] = []
         """The latest reconnect delays, for statistics()."""

@@ -28,6 +28,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "zake": ("coordactors.backend_actors.memory:MemorySession", None),
     "file": ("coordactors.backend_actors.file:FileSession", "file"),
     "ipc": ("coordactors.backend_actors.ipc:IpcSession", "ipc"),
+    "redis": ("coordactors.backend_actors.redis:RedisSession", "redis"),
+    "rediss": ("coordactors.backend_actors.redis:RedisSession", "redis"),
 }
 
 SECRET_OPTIONS = frozenset({"password", "token", "secret", "sasl_password", "auth"})

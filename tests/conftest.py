@@ -51,12 +51,13 @@ def _on_server(fixture: str, scheme: str | None = None) -> Callable[[Any, Any], 
     return url
 
 
-def _built(module: str) -> bool:
-    return importlib.util.find_spec(f"coordactors.backend_actors.{module}") is not None
-
-
-if importlib.util.find_spec("coordactors.testing.pytest_plugin") is not None:
+HARNESS = importlib.util.find_spec("coordactors.testing.pytest_plugin") is not None
+if HARNESS:
     pytest_plugins = ["coordactors.testing.pytest_plugin"]
+
+
+def _built(module: str) -> bool:
+    return HARNESS and importlib.util.find_spec(f"coordactors.backend_actors.{module}") is not None
 
 BACKENDS: list[Any] = [
     pytest.param(_memory_url, id="memory"),

@@ -46,9 +46,20 @@ def test_a_failed_session_is_lost_then_restored_with_everything_it_had(connect, 
     assert observer.members("g") == {"worker"}
     assert observer.capabilities("g", "worker") == {"slots": 4}
     wait_until(lambda: observer.leader("g") == "worker")
-    observed.wait_for(lambda events: events[:2] == [MemberLeft("g", "worker"), MemberJoined("g", "worker")])
     observer.join("g")
     group_events.wait_for_event(MemberJoined("g", "observer"))
+    # Events of a group arrive in order: the observer's own join marks the
+    # point by which the failure's events, if any, have been delivered.
+    # Where the failure also expired the membership (the embedded backends
+    # drop the session's registration with its connection), others saw it
+    # leave and come back; where the membership outlived the connection
+    # (Redis keeps it until session_ttl), they saw nothing.
+    before = observed.wait_for(lambda events: MemberJoined("g", "observer") in events)
+    before = before[: before.index(MemberJoined("g", "observer"))]
+    membership = [e for e in before if not isinstance(e, LeaderElected)]
+    assert membership in ([], [MemberLeft("g", "worker"), MemberJoined("g", "worker")])
+    # Leadership, if it was seen to change at all, came back to the worker.
+    assert all(e == LeaderElected("g", "worker") for e in before if isinstance(e, LeaderElected))
     # The lost lease is not restored, but the lock can be taken again.
     again = coord.ask(Acquire("jobs", timeout=5), block=True, timeout=10)
     assert again.fence > lease.fence

@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from typing import Any, Callable, ClassVar
 
 import pykka
@@ -213,8 +214,12 @@ class SessionActor(pykka.ThreadingActor):
         *,
         restarting: bool = False,
         wait_while_down: bool = True,
+        session_token: str | None = None,
     ) -> None:
         super().__init__()
+        self.session_token = session_token or uuid.uuid4().hex
+        """Identifies this coordinator's session to the backend across reconnects
+        and actor replacements, so a restored session reclaims its own state."""
         self.options = options
         self.url = options.redacted
         self.member_id = member_id
@@ -897,9 +902,21 @@ class SessionActor(pykka.ThreadingActor):
             self._lost[lease.name] = f"fence {lease.fence} was lost at {time.strftime('%H:%M:%S')} with the session"
         self._leases.clear()
         self._leaders.clear()
+        self._abandon_quietly(lost)
         self._close_quietly()
         logger.warning("%r: session lost: %s", self, cause)
         self.supervisor.tell(SessionDown(cause, tuple(lost)))
+
+    def _abandon_quietly(self, leases: list[Lease]) -> None:
+        """Best effort: free what was just declared lost, if the backend still
+        answers, so others need not wait out the TTL.  On a dead connection
+        this fails at once and the backend's own expiry frees them."""
+        for lease in leases:
+            try:
+                self.do_release(lease.name, lease.fence)
+            except Exception:  # noqa: BLE001 - the connection is likely gone
+                logger.debug("%r: could not free %r after the session failed", self, lease.name, exc_info=True)
+                return
 
     def _close_quietly(self) -> None:
         try:

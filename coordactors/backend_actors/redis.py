@@ -1,0 +1,391 @@
+"""redis:// and rediss://: coordination through a Redis server (redis-py).
+
+URL: ``redis://[[user]:password@]host[:port][/db][?options]`` (``rediss://``
+for TLS).  Options, besides the common ones:
+
+=====================  ====================================================
+``namespace``          key prefix (default ``coordactors``)
+``socket_timeout``     seconds a command may take (default 5)
+``ssl_ca_certs``       CA bundle for ``rediss://``
+``ssl_certfile``       client certificate for ``rediss://``
+``ssl_keyfile``        client key for ``rediss://``
+``ssl_cert_reqs``      ``required`` (default), ``optional`` or ``none``
+``sentinel``           master name: resolve the master through Redis Sentinel
+                       at ``host:port`` (and ``sentinel_fallback``)
+``sentinel_fallback``  more sentinels, ``host:port,host:port``
+=====================  ====================================================
+
+Mechanisms (see ``redis_scripts`` for each script's contract):
+
+* lock: ``SET NX PX`` plus the fence ``INCR`` in one Lua script; refresh and
+  release only if the key still holds our token and fence.  A lease without
+  its own TTL is kept for ``session_ttl`` and refreshed by the heartbeat.
+* groups: a hash per group plus a liveness key per member with a TTL of
+  ``session_ttl``; a member whose liveness key expired is reaped (it leaves,
+  with its event) by the next look at the group.
+* events: every change appends to a Redis stream in the same script, so the
+  log cannot disagree with the state.  A reader thread per session follows it
+  with a blocking ``XREAD`` on its own connection and hands entries to the
+  actor: events are pushed, in the order Redis applied them, and lock
+  releases wake waiters at once.  The heartbeat reconciles watched groups
+  (reaping expired members), so a member that died silently still leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+import redis.exceptions
+import redis.sentinel
+
+from coordactors import errors
+from coordactors.backend_actors import redis_scripts as scripts
+from coordactors.backend_actors.base import SessionActor, leader_lock_name
+from coordactors.characteristics import Characteristics as C
+from coordactors.events import LeaderElected, MemberJoined, MemberLeft
+from coordactors.messages import Lease
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+from coordactors.urls import SessionOptions, seconds, text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RedisSession"]
+
+STREAM_LENGTH = 10_000
+"""Events kept in the stream (approximately: MAXLEN ~)."""
+
+_CERT_REQS = {"required": "required", "optional": "optional", "none": "none"}
+
+
+def _cert_reqs(value: str, what: str) -> str:
+    if value.lower() not in _CERT_REQS:
+        raise errors.InvalidArgument(f"option '{what}' must be required, optional or none (got {value!r})")
+    return _CERT_REQS[value.lower()]
+
+
+def _hosts(value: str, what: str) -> list[tuple[str, int]]:
+    hosts = []
+    for part in value.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise errors.InvalidArgument(f"option '{what}' must be host:port[,host:port...] (got {value!r})")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+def fence_floor() -> int:
+    """Milliseconds since the epoch times 1,000: a fence seed that never goes backwards."""
+    return int(time.time() * 1000) * 1000
+
+
+class _Connection:
+    """The command client, the stream reader and its thread."""
+
+    def __init__(self, client: redis.Redis, reader: redis.Redis) -> None:
+        self.client = client
+        self.reader = reader
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+
+class RedisSession(SessionActor):
+    """Session of ``redis://``: locks, groups and a stream of events in Redis."""
+
+    CHARACTERISTICS = frozenset(
+        {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS}
+    )
+    DEFAULTS = {"session_ttl": 30.0}
+    OPTIONS = {
+        "namespace": text,
+        "socket_timeout": seconds,
+        "ssl_ca_certs": text,
+        "ssl_certfile": text,
+        "ssl_keyfile": text,
+        "ssl_cert_reqs": _cert_reqs,
+        "sentinel": text,
+        "sentinel_fallback": _hosts,
+    }
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        path = options.path.strip("/")
+        if path and not path.isdigit():
+            raise errors.InvalidArgument(f"the path of a redis:// URL is the database number (got {options.path!r} in {options.redacted!r})")
+        if options.scheme != "rediss" and any(k.startswith("ssl_") for k in options.extra):
+            raise errors.InvalidArgument(f"ssl_* options need a rediss:// URL (got {options.redacted!r})")
+        if options.session_ttl is None:
+            raise errors.InvalidArgument("redis:// needs a session_ttl: memberships and locks live by TTL")
+
+    # -- connection -------------------------------------------------------------
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        options, extra = self.options, self.options.extra
+        kwargs: dict[str, Any] = {
+            "db": int(options.path.strip("/") or 0),
+            "username": options.username,
+            "password": options.password,
+            "socket_timeout": extra.get("socket_timeout", 5.0),
+            "socket_connect_timeout": options.connect_timeout,
+            "decode_responses": True,
+        }
+        if options.scheme == "rediss":
+            kwargs["ssl"] = True
+            for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+                if key in extra:
+                    kwargs[key] = extra[key]
+        return kwargs
+
+    def _new_client(self, **overrides: Any) -> redis.Redis:
+        kwargs = {**self._client_kwargs(), **overrides}
+        extra = self.options.extra
+        if "sentinel" in extra:
+            sentinels = [(self.options.host or "127.0.0.1", self.options.port or 26379), *extra.get("sentinel_fallback", [])]
+            sentinel = redis.sentinel.Sentinel(sentinels, socket_timeout=kwargs["socket_timeout"])
+            return sentinel.master_for(extra["sentinel"], redis_class=redis.Redis, **kwargs)
+        return redis.Redis(host=self.options.host or "127.0.0.1", port=self.options.port or 6379, **kwargs)
+
+    def open(self) -> _Connection:
+        client = self._new_client()
+        client.ping()
+        # The reader blocks in XREAD for up to a second at a time.
+        reader = self._new_client(socket_timeout=None)
+        return _Connection(client, reader)
+
+    def on_connected(self) -> None:
+        # The same token across reconnects: memberships that outlived a
+        # dropped connection are still ours to refresh, update or leave.
+        self.token = self.session_token
+        ns = self.options.extra.get("namespace", "coordactors")
+        self._ns = ns
+        self._stream = f"{ns}:events"
+        self._groups_key = f"{ns}:groups"
+        client = self.conn.client
+        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in
+                         ("JOIN", "LEAVE", "UPDATE", "MEMBERS", "DELETE_GROUP", "ACQUIRE", "RELEASE", "REFRESH")}
+        last = client.xrevrange(self._stream, count=1)
+        start = last[0][0] if last else "0-0"
+        conn = self.conn
+        conn.thread = threading.Thread(target=self._follow_stream, args=(conn, start), name=f"RedisEvents[{self.member_id}]", daemon=True)
+        conn.thread.start()
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.stopping.set()
+        # Closing the reader's socket ends its blocking XREAD at once.
+        conn.reader.connection_pool.disconnect()
+        if conn.thread is not None and conn.thread is not threading.current_thread():
+            conn.thread.join(5)
+        conn.reader.close()
+        conn.client.close()
+
+    def _follow_stream(self, conn: _Connection, last_id: str) -> None:
+        """Reader thread: follow the stream, hand entries to the actor."""
+        while not conn.stopping.is_set():
+            try:
+                batches = conn.reader.xread({self._stream: last_id}, block=1000, count=1000)
+            except Exception as exc:  # noqa: BLE001 - a socket closed under redis-py raises ValueError too
+                if not conn.stopping.is_set():
+                    self.run_on_actor(self._reader_failed, conn, exc)
+                return
+            for _stream, entries in batches or ():
+                if entries:
+                    last_id = entries[-1][0]
+                    self.run_on_actor(self._on_entries, conn, entries)
+
+    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
+        if conn is self.conn:
+            raise errors.BackendUnavailable(f"lost the event stream of {self.url}: {exc}") from exc
+
+    def _on_entries(self, conn: _Connection, entries: list[tuple[str, dict[str, str]]]) -> None:
+        if conn is not self.conn:
+            return
+        freed = []
+        for _id, fields in entries:
+            group, kind, member = fields.get("g", ""), fields.get("k", ""), fields.get("m", "")
+            if kind == "free":
+                freed.append(group)
+                continue
+            if group not in self._snapshots:
+                continue
+            members, leader = self._snapshots[group]
+            if kind == "join" and member not in members:
+                self._snapshots[group] = (members | {member}, leader)
+                self.emit(MemberJoined(group, member))
+            elif kind == "leave" and member in members:
+                self._snapshots[group] = (members - {member}, leader)
+                self.emit(MemberLeft(group, member))
+            elif kind == "leader" and member != leader:
+                self._snapshots[group] = (members, member)
+                self.emit(LeaderElected(group, member))
+        if freed:
+            self.wake(freed)
+
+    # -- keys -------------------------------------------------------------------
+
+    def _group_key(self, group: str) -> str:
+        return f"{self._ns}:group:{group}"
+
+    def _alive_key(self, group: str, member: str) -> str:
+        return f"{self._ns}:alive:{group}\x1f{member}"
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self._ns}:lock:{name}"
+
+    def _fence_key(self, name: str) -> str:
+        return f"{self._ns}:fence:{name}"
+
+    def _ttl_ms(self, ttl: float | None) -> int:
+        seconds_ = ttl if ttl is not None else self.options.session_ttl
+        return max(1, int(seconds_ * 1000))
+
+    def _entry(self, capabilities_json: str) -> str:
+        return json.dumps({"caps": capabilities_json, "token": self.token}, separators=(",", ":"))
+
+    # -- groups ---------------------------------------------------------------------
+
+    def do_create_group(self, group: str) -> None:
+        if not self.conn.client.sadd(self._groups_key, group):
+            raise errors.GroupAlreadyExists(f"cannot create group {group!r}: it exists already")
+
+    def do_delete_group(self, group: str) -> None:
+        result = self._scripts["DELETE_GROUP"](
+            keys=[self._groups_key, self._group_key(group), self._stream, self._lock_key(leader_lock_name(group))],
+            args=[group, f"{self._ns}:alive:", STREAM_LENGTH],
+        )
+        if result == "nogroup":
+            raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
+        if result == "notempty":
+            raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it still has members")
+
+    def do_get_groups(self) -> frozenset[str]:
+        return frozenset(self.conn.client.smembers(self._groups_key))
+
+    def do_group_exists(self, group: str) -> bool:
+        return bool(self.conn.client.sismember(self._groups_key, group))
+
+    def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
+        result = self._scripts["JOIN"](
+            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
+            args=[group, self.member_id, self._entry(capabilities_json), self.token, self._ttl_ms(None), "1" if create else "0", STREAM_LENGTH],
+        )
+        if result == "nogroup":
+            raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
+        if result == "exists":
+            raise errors.MemberAlreadyJoined(f"cannot join {group!r}: member {self.member_id!r} is already a member")
+
+    def do_leave(self, group: str) -> None:
+        result = self._scripts["LEAVE"](
+            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
+            args=[group, self.member_id, self.token, STREAM_LENGTH],
+        )
+        if result == "nogroup":
+            raise errors.GroupNotFound(f"cannot leave {group!r}: no such group")
+        if result == "notjoined":
+            raise errors.MemberNotJoined(f"cannot leave {group!r}: member {self.member_id!r} has not joined it")
+
+    def do_get_members(self, group: str) -> frozenset[str]:
+        members = self._scripts["MEMBERS"](
+            keys=[self._groups_key, self._group_key(group), self._stream], args=[group, f"{self._ns}:alive:", STREAM_LENGTH]
+        )
+        if members is None:
+            raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group")
+        return frozenset(members)
+
+    def do_get_capabilities(self, group: str, member: str) -> str:
+        client = self.conn.client
+        with client.pipeline(transaction=False) as pipe:
+            pipe.sismember(self._groups_key, group)
+            pipe.hget(self._group_key(group), member)
+            pipe.exists(self._alive_key(group, member))
+            exists, entry, alive = pipe.execute()
+        if not exists:
+            raise errors.GroupNotFound(f"cannot read capabilities in {group!r}: no such group")
+        if entry is None or not alive:
+            raise errors.MemberNotJoined(f"cannot read capabilities of {member!r} in {group!r}: not a member")
+        return json.loads(entry)["caps"]  # type: ignore[no-any-return]
+
+    def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
+        result = self._scripts["UPDATE"](
+            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id)],
+            args=[group, self.member_id, self._entry(capabilities_json), self.token],
+        )
+        if result == "nogroup":
+            raise errors.GroupNotFound(f"cannot update capabilities in {group!r}: no such group")
+        if result == "notjoined":
+            raise errors.MemberNotJoined(f"cannot update capabilities in {group!r}: member {self.member_id!r} has not joined it")
+
+    # -- locks ------------------------------------------------------------------------
+
+    def _lock_value(self, fence: int) -> str:
+        return f"{self.token}|{fence}|{self.member_id}"
+
+    def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        leader_group = name[len(RESERVED_LOCK_PREFIX):] if name.startswith(RESERVED_LOCK_PREFIX) else ""
+        fence = self._scripts["ACQUIRE"](
+            keys=[self._lock_key(name), self._fence_key(name), self._stream],
+            args=[f"{self.token}|", f"|{self.member_id}", self._ttl_ms(ttl), fence_floor(), leader_group, self.member_id, STREAM_LENGTH],
+        )
+        return None if fence is None else int(fence)
+
+    def do_release(self, name: str, fence: int) -> bool:
+        released = self._scripts["RELEASE"](keys=[self._lock_key(name), self._stream], args=[self._lock_value(fence), name, STREAM_LENGTH])
+        return bool(released)
+
+    def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        keys = [self._lock_key(lease.name) for lease in leases]
+        values = [self._lock_value(lease.fence) for lease in leases]
+        ttls = [self._ttl_ms(lease.ttl) for lease in leases]
+        results = self._scripts["REFRESH"](keys=keys, args=[*values, *ttls])
+        return {(lease.name, lease.fence) for lease, ok in zip(leases, results) if not ok}
+
+    def do_lock_holder(self, name: str) -> str | None:
+        value = self.conn.client.get(self._lock_key(name))
+        if value is None:
+            return None
+        parts = value.split("|", 2)
+        if len(parts) != 3:
+            raise errors.InvalidArgument(f"the key of lock {name!r} holds data in a format coordactors does not know; it was left untouched")
+        return parts[2]
+
+    # -- liveness and events ---------------------------------------------------------------
+
+    def do_heartbeat(self) -> None:
+        joined = list(self._joined)
+        if joined:
+            keys = [self._alive_key(group, self.member_id) for group in joined]
+            results = self._scripts["REFRESH"](keys=keys, args=[*([self.token] * len(keys)), *([self._ttl_ms(None)] * len(keys))])
+            if not all(results):
+                raise errors.BackendUnavailable(
+                    f"the session of {self.member_id!r} on {self.url} expired: its memberships were reaped after session_ttl"
+                )
+        # Reconciliation: reap silently dead members of watched groups (their
+        # leave events then reach everyone through the stream) and repair any
+        # snapshot that drifted.
+        for group in list(self._snapshots):
+            self.resync(group)
+
+    def do_watch(self, group: str) -> None:
+        self.snapshot(group)
+
+    def do_unwatch(self, group: str) -> None:
+        self.forget_snapshot(group)
+
+    def translate_error(self, exc: BaseException) -> errors.CoordinationError:
+        if isinstance(exc, redis.exceptions.AuthenticationError):
+            return errors.BackendUnavailable(f"{self.url} refused the credentials (authentication failed)")
+        if isinstance(exc, redis.exceptions.ResponseError) and "WRONGTYPE" in str(exc):
+            return errors.InvalidArgument(
+                f"a key under namespace {self._ns!r} on {self.url} holds data in a format coordactors does not know; it was left untouched"
+            )
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+            return errors.BackendUnavailable(f"{self.url} is unreachable: {exc}")
+        if isinstance(exc, redis.exceptions.RedisError):
+            return errors.BackendUnavailable(f"{self.url} failed: {exc}")
+        return super().translate_error(exc)
