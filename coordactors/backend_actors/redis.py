@@ -42,6 +42,8 @@ from typing import Any
 import redis
 import redis.exceptions
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from coordactors import errors
 from coordactors.backend_actors import redis_scripts as scripts
@@ -132,6 +134,10 @@ class RedisSession(SessionActor):
             "socket_timeout": extra.get("socket_timeout", 5.0),
             "socket_connect_timeout": options.connect_timeout,
             "decode_responses": True,
+            # No retries inside redis-py (version 8 retries even a refused
+            # password, with backoff, for seconds): a failure fails the
+            # session at once and the supervisor reconnects with its backoff.
+            "retry": Retry(NoBackoff(), 0),
         }
         if options.scheme == "rediss":
             kwargs["ssl"] = True
@@ -381,8 +387,9 @@ class RedisSession(SessionActor):
         if isinstance(exc, redis.exceptions.AuthenticationError):
             return errors.BackendUnavailable(f"{self.url} refused the credentials (authentication failed)")
         if isinstance(exc, redis.exceptions.ResponseError) and "WRONGTYPE" in str(exc):
+            namespace = self.options.extra.get("namespace", "coordactors")
             return errors.InvalidArgument(
-                f"a key under namespace {self._ns!r} on {self.url} holds data in a format coordactors does not know; it was left untouched"
+                f"a key under namespace {namespace!r} on {self.url} holds data in a format coordactors does not know; it was left untouched"
             )
         if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
             return errors.BackendUnavailable(f"{self.url} is unreachable: {exc}")

@@ -31,7 +31,7 @@ __all__ = [
     "Message",
     "Release",
     "StandDown",
-    "UpdateCapabilities",
     "Unwatch",
+    "UpdateCapabilities",
     "Watch",
 ]
