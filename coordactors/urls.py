@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -165,9 +164,8 @@ class SessionOptions:
             query = urllib.parse.parse_qsl(split.query, keep_blank_values=True, strict_parsing=bool(split.query))
         except ValueError as exc:
             # urllib quotes the raw netloc (password included) in some of its
-            # messages: keep the reason, drop whatever it quoted.
-            reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", str(exc))
-            raise InvalidArgument(f"malformed URL {shown!r}: {reason}") from None
+            # messages, unescaped: say the reason in our own words instead.
+            raise InvalidArgument(f"malformed URL {shown!r}: {_url_error_reason(str(exc))}") from None
         if split.fragment:
             raise InvalidArgument(f"URL {shown!r} must not have a fragment ('#...')")
         values: dict[str, Any] = dict(defaults)
@@ -206,6 +204,16 @@ class SessionOptions:
             extra=extra,
             **values,
         )
+
+
+def _url_error_reason(message: str) -> str:
+    if "NFKC" in message:
+        return "its host part has characters that normalise (NFKC) into URL delimiters"
+    if "IPv6" in message:
+        return "its IPv6 host is malformed"
+    if "Port" in message or "port" in message:
+        return "its port is not a number from 0 to 65535"
+    return "it cannot be parsed"
 
 
 def _default_heartbeat(values: dict[str, Any]) -> float:
