@@ -743,6 +743,15 @@ class SessionActor(pykka.ThreadingActor):
         self.do_heartbeat()
         ttl = self.options.session_ttl
         self._session_valid_until = sent_at + ttl - drift_margin(ttl) if ttl is not None else None
+        # A lease whose local expiry passed was already given up by its
+        # holder's clock (check() raised): it stays lost, even if a refresh
+        # would still find the key ours.  Never revive it.
+        now = time.monotonic()
+        for lease in [*self._leases.values(), *self._leaders.values()]:
+            expires_at = lease._state.expires_at  # noqa: SLF001
+            if expires_at is not None and expires_at <= now:
+                self._lose(lease, "it expired locally: no refresh landed within its TTL")
+                self._abandon_quietly([lease])
         held = [*self._leases.values(), *self._leaders.values()]
         if held:
             lost = self.do_refresh(held)
