@@ -33,7 +33,7 @@ from coordactors._protocol import (
     deadline_after,
 )
 from coordactors.characteristics import Characteristics
-from coordactors.events import ALL, Event
+from coordactors.events import ALL
 from coordactors.messages import (
     Acquire,
     Campaign,

@@ -16,7 +16,6 @@ import pytest
 from coordactors import errors
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Acquire, Release
-from helpers import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -77,7 +77,7 @@ from coordactors.urls import SessionOptions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CallInbox", "SessionActor", "leader_lock_name"]
+__all__ = ["CallInbox", "SessionActor", "fence_floor", "leader_lock_name"]
 
 CONNECTING, CONNECTED, DOWN, STOPPED = "CONNECTING", "CONNECTED", "DOWN", "STOPPED"
 
@@ -88,6 +88,14 @@ _PENDING = object()
 def leader_lock_name(group: str) -> str:
     """The name of the lock whose holder leads ``group``."""
     return RESERVED_LOCK_PREFIX + group
+
+
+def fence_floor() -> int:
+    """Milliseconds since the epoch times 1,000: the seed of a fence counter that
+    is missing (first use, or a backend that lost its data), so that fences
+    never go backwards as long as fewer than 1,000 grants a millisecond were
+    made on the lost counter."""
+    return int(time.time() * 1000) * 1000
 
 
 def drift_margin(ttl: float) -> float:

@@ -33,8 +33,8 @@ import fasteners
 
 from coordactors import errors
 from coordactors.backend_actors._registry import Registry, boot_id, check_format, new_document, process_alive
-from coordactors.backend_actors.local import LocalSession
-from coordactors.characteristics import Characteristics as C
+from coordactors.backend_actors.base import fence_floor
+from coordactors.backend_actors.local import SAME_HOST, LocalSession, PolledStorage
 from coordactors.urls import SessionOptions
 
 __all__ = ["FileSession", "FileStorage"]
@@ -53,17 +53,12 @@ def _locks_for(directory: str) -> tuple[threading.Lock, fasteners.InterProcessLo
         return found
 
 
-def fence_floor() -> int:
-    """Milliseconds since the epoch times 1,000: a fence seed that never goes backwards."""
-    return int(time.time() * 1000) * 1000
-
-
 def owner_alive(owner: dict[str, Any]) -> bool:
     """True if the owner's process still runs (same pid, same start time, not a zombie)."""
     return process_alive(int(owner["pid"]), owner.get("start"))
 
 
-class FileStorage:
+class FileStorage(PolledStorage):
     """The registry in a JSON file under an inter-process lock."""
 
     def __init__(self, directory: str) -> None:
@@ -136,12 +131,6 @@ class FileStorage:
         self._seen = seen
         return True
 
-    def listen(self, callback: Any) -> None:
-        """Changes by other processes are polled, not pushed."""
-
-    def unlisten(self, callback: Any) -> None:
-        """Nothing to undo."""
-
     def close(self) -> None:
         """The lock file stays open for the process (see ``_locks_for``)."""
 
@@ -149,10 +138,7 @@ class FileStorage:
 class FileSession(LocalSession):
     """Session of ``file:///dir``: processes of one host, through a directory."""
 
-    CHARACTERISTICS = frozenset(
-        {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.NON_TIMEOUT_BASED, C.LINEARIZABLE,
-         C.SEQUENTIAL, C.CAUSAL, C.SERIALIZABLE, C.SAME_VIEW_UNDER_PARTITIONS, C.SAME_VIEW_ACROSS_CLIENTS}
-    )
+    CHARACTERISTICS = SAME_HOST
     POLLS = True
 
     @classmethod

@@ -46,9 +46,9 @@ import posix_ipc
 
 from coordactors import errors
 from coordactors.backend_actors._registry import Registry, boot_id, check_format, new_document, process_alive, process_start
-from coordactors.backend_actors.file import fence_floor, owner_alive
-from coordactors.backend_actors.local import LocalSession
-from coordactors.characteristics import Characteristics as C
+from coordactors.backend_actors.base import fence_floor
+from coordactors.backend_actors.file import owner_alive
+from coordactors.backend_actors.local import SAME_HOST, LocalSession, PolledStorage
 from coordactors.urls import SessionOptions, positive_int, seconds
 
 __all__ = ["IpcSession", "IpcStorage", "destroy"]
@@ -74,7 +74,7 @@ def destroy(name: str) -> None:
             unlink()
 
 
-class IpcStorage:
+class IpcStorage(PolledStorage):
     """The registry in POSIX shared memory under a POSIX semaphore."""
 
     def __init__(self, name: str, size: int, mutex_timeout: float) -> None:
@@ -194,12 +194,6 @@ class IpcStorage:
         self._seen_generation = generation
         return True
 
-    def listen(self, callback: Any) -> None:
-        """Changes by other processes are polled, not pushed."""
-
-    def unlisten(self, callback: Any) -> None:
-        """Nothing to undo."""
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._map.close()
@@ -211,10 +205,7 @@ class IpcStorage:
 class IpcSession(LocalSession):
     """Session of ``ipc://name``: processes of one host, in POSIX shared memory."""
 
-    CHARACTERISTICS = frozenset(
-        {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.NON_TIMEOUT_BASED, C.LINEARIZABLE,
-         C.SEQUENTIAL, C.CAUSAL, C.SERIALIZABLE, C.SAME_VIEW_UNDER_PARTITIONS, C.SAME_VIEW_ACROSS_CLIENTS}
-    )
+    CHARACTERISTICS = SAME_HOST
     POLLS = True
     OPTIONS = {"size": positive_int, "mutex_timeout": seconds}
 

@@ -14,12 +14,13 @@ from typing import Any, ContextManager, Protocol
 from coordactors import errors
 from coordactors.backend_actors._registry import Registry
 from coordactors.backend_actors.base import SessionActor
+from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Lease
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalSession", "Storage"]
+__all__ = ["SAME_HOST", "LocalSession", "PolledStorage", "Storage"]
 
 _EVENT_CLASSES = {"join": MemberJoined, "leave": MemberLeft, "leader": LeaderElected}
 
@@ -41,6 +42,24 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Release the storage's handles (not the data)."""
+
+
+SAME_HOST = frozenset(
+    {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.NON_TIMEOUT_BASED, C.LINEARIZABLE,
+     C.SEQUENTIAL, C.CAUSAL, C.SERIALIZABLE, C.SAME_VIEW_UNDER_PARTITIONS, C.SAME_VIEW_ACROSS_CLIENTS}
+)
+"""What file:// and ipc:// guarantee: one host's processes, one consistent registry."""
+
+
+class PolledStorage:
+    """For storages shared between processes: others' changes are polled
+    (``changed()``), never pushed, so there is nothing to listen to."""
+
+    def listen(self, callback: Any) -> None:
+        """Changes by other processes are polled, not pushed."""
+
+    def unlisten(self, callback: Any) -> None:
+        """Nothing to undo."""
 
 
 class _Changed:

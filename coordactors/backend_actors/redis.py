@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 import redis
@@ -47,7 +46,7 @@ from redis.retry import Retry
 
 from coordactors import errors
 from coordactors.backend_actors import redis_scripts as scripts
-from coordactors.backend_actors.base import SessionActor, leader_lock_name
+from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Lease
@@ -78,11 +77,6 @@ def _hosts(value: str, what: str) -> list[tuple[str, int]]:
             raise errors.InvalidArgument(f"option '{what}' must be host:port[,host:port...] (got {value!r})")
         hosts.append((host.strip("[]"), int(port)))
     return hosts
-
-
-def fence_floor() -> int:
-    """Milliseconds since the epoch times 1,000: a fence seed that never goes backwards."""
-    return int(time.time() * 1000) * 1000
 
 
 class _Connection:
