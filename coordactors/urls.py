@@ -29,6 +29,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "ipc": ("coordactors.backend_actors.ipc:IpcSession", "ipc"),
     "redis": ("coordactors.backend_actors.redis:RedisSession", "redis"),
     "rediss": ("coordactors.backend_actors.redis:RedisSession", "redis"),
+    "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
+    "kazoo": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
 }
 
 SECRET_OPTIONS = frozenset({"password", "token", "secret", "sasl_password", "auth"})
@@ -159,8 +161,13 @@ class SessionOptions:
         shown = redact(url)
         try:
             split = urllib.parse.urlsplit(url)
-            port = split.port
-            host = split.hostname
+            if "," in split.netloc.rpartition("@")[2]:
+                # Several servers (zookeeper://h1:1,h2:2): the backend parses
+                # the list; urllib would reject the "port" "1,h2:2".
+                host, port = split.netloc.rpartition("@")[2], None
+            else:
+                port = split.port
+                host = split.hostname
             query = urllib.parse.parse_qsl(split.query, keep_blank_values=True, strict_parsing=bool(split.query))
         except ValueError as exc:
             # urllib quotes the raw netloc (password included) in some of its

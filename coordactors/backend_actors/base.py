@@ -587,7 +587,9 @@ class SessionActor(pykka.ThreadingActor):
         if msg.group not in self._campaigns:
             self._campaigns.add(msg.group)
             self.supervisor.tell(DesiredCampaign(msg.group, True))
-        self._try_lead(msg.group)
+        # The campaign is recorded: if the connection drops now, the restored
+        # session campaigns again, so the caller need not hear of it.
+        self._run_guarded(self._try_lead, msg.group)
 
     def _on_stand_down(self, msg: StandDown, call: Call) -> None:
         self._stand_down(msg.group)
@@ -636,9 +638,22 @@ class SessionActor(pykka.ThreadingActor):
             )
         ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
         queued = self._waiters.get(msg.name)
+        lost_connection: errors.BackendUnavailable | None = None
         if not queued and msg.name not in self._leases:
             sent_at = time.monotonic()
-            fence = self.do_try_acquire(msg.name, ttl)
+            try:
+                fence = self.do_try_acquire(msg.name, ttl)
+            except errors.BackendUnavailable as exc:
+                # A caller prepared to wait may wait for the restored session
+                # too; a try-lock, or a caller who chose to fail fast, is told.
+                if msg.timeout == 0 or not self.wait_while_down:
+                    raise
+                fence, lost_connection = None, exc
+            except Exception as exc:
+                translated = self._translated(exc)
+                if msg.timeout == 0 or not self.wait_while_down or not isinstance(translated, errors.BackendUnavailable):
+                    raise translated from exc
+                fence, lost_connection = None, translated
             if fence is not None:
                 return self._hold(msg.name, fence, ttl, sent_at)
         if msg.timeout == 0:
@@ -648,6 +663,8 @@ class SessionActor(pykka.ThreadingActor):
         if deadlines:
             waiter.timer = self.runtime.ticker.call_later(min(deadlines) - time.monotonic(), lambda: self.tell_self(_Expire(waiter)))
         self._waiters.setdefault(msg.name, collections.deque()).append(waiter)
+        if lost_connection is not None:
+            self._fail(lost_connection)
         return _PENDING
 
     def _hold(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:
