@@ -27,6 +27,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "zake": ("coordactors.backend_actors.memory:MemorySession", None),
     "file": ("coordactors.backend_actors.file:FileSession", "file"),
     "ipc": ("coordactors.backend_actors.ipc:IpcSession", "ipc"),
+    "memcached": ("coordactors.backend_actors.memcached:MemcachedSession", "memcached"),
     "redis": ("coordactors.backend_actors.redis:RedisSession", "redis"),
     "rediss": ("coordactors.backend_actors.redis:RedisSession", "redis"),
     "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),

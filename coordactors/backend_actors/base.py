@@ -91,11 +91,12 @@ def leader_lock_name(group: str) -> str:
 
 
 def fence_floor() -> int:
-    """Milliseconds since the epoch times 1,000: the seed of a fence counter that
-    is missing (first use, or a backend that lost its data), so that fences
-    never go backwards as long as fewer than 1,000 grants a millisecond were
-    made on the lost counter."""
-    return int(time.time() * 1000) * 1000
+    """Microseconds since the epoch: the seed of a fence counter that is missing
+    (first use, or a backend that lost or evicted it), so fences never go
+    backwards.  Microseconds, not milliseconds times 1,000: a counter evicted
+    and re-seeded within the millisecond it was seeded would otherwise hand
+    out fences already issued (memcached can do that)."""
+    return time.time_ns() // 1000
 
 
 def drift_margin(ttl: float) -> float:

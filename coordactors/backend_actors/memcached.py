@@ -1,0 +1,742 @@
+"""memcached://host:port: coordination through a memcached server (pymemcache).
+
+memcached keeps keys with an expiry and offers ``add`` (store if absent),
+``incr``, ``gets``/``cas`` and, since 1.6, the meta delete ``md <key> C<cas>``
+(delete only if unchanged).  Everything here is built from those; memcached
+has no notifications, so other sessions' changes are seen by polling
+(``POLLS``), and nothing is durable: memcached may evict any key under memory
+pressure and forgets everything when it restarts.  The mechanisms below are
+chosen so that such a loss is noticed and reported, never silently ignored.
+
+Keys (every key starts with ``<namespace>:``; a name that is not printable
+ASCII without spaces, starts with ``#`` or would make the key longer than
+memcached's 250 bytes is replaced by ``#`` + the SHA-1 of its UTF-8 bytes; the
+real names live in the values)::
+
+    <ns>:l:<lock>       the lock: "<session token>:<fence>:<member>", expiring
+    <ns>:f:<lock>       the lock's fence counter (incr), never expiring
+    <ns>:g:<group>      the group: JSON {"name", "epoch", "members": {member:
+                        token}, "seq", "log": [[seq, kind, member], ...]}
+    <ns>:m:#<sha1>      a member of a group (sha1 of "<group>\\0<member>"):
+                        JSON {"caps", "token"}, expiring, refreshed by heartbeat
+    <ns>:groups         JSON list of group names (for GetGroups; memcached's
+                        1 MiB item limit caps it at a few thousand groups)
+    <ns>:s:<token>      the session's own registration, expiring
+
+Locks and fences.  ``Acquire`` reads the lock key (held: done, one round
+trip), takes the next fence with ``incr`` on the fence key, then ``add``s the
+lock key with the value above and an expiry.  A fence key that is missing
+(first use, or memcached restarted or evicted it) is seeded with ``add`` of a
+clock-derived floor -- microseconds since the epoch -- before the ``incr``, so
+fences never go backwards as long as fewer than one fence per microsecond was
+issued and the clients' clocks roughly agree.  Refresh is ``gets`` of every
+held lock in one round trip, then a ``cas`` per lock that still holds this
+session's exact value (``touch`` could not check ownership); a lock key that
+vanished (expired, evicted, memcached restarted) or holds another value is
+lost: ``LockLost``.  Release compares the value and deletes with ``md ...
+C<cas>``, so a lock that changed hands in between is never deleted.
+
+Expiry has one-second granularity, and memcached's clock ticks once a second:
+a key stored with expiry N lives between N-1 and N seconds.  A TTL is therefore
+rounded up to whole seconds, plus one: ``Acquire(ttl=0.3)`` stores a key that
+lives between 1 and 2 seconds, while the holder's own view of the lease ends
+0.285 s after it asked.  The lock is safe (the backend never frees it before
+the holder gave up) but a dead holder's lock stays taken up to
+``ceil(ttl) + 1`` seconds.  A lock without a TTL expires after
+``ceil(session_ttl) + 1`` seconds unless the heartbeat refreshes it.
+
+Groups.  A group is one JSON document updated by ``gets``/``cas`` loops; it
+holds the member list and a log of the group's last 256 events (join, leave,
+leader), written in the same ``cas`` as the change, so watchers see events in
+the order they were applied even when several happen between two polls.  A
+watcher that fell further behind than the log (or finds the group deleted and
+re-created) resynchronises by diffing members and leader.  Liveness is the
+member key: written with ``add`` (so two coordinators with one member id
+cannot both join), it expires after ``ceil(session_ttl) + 1`` seconds unless
+the heartbeat ``touch``es it.  A listed member whose key expired is dead:
+reads filter it out, and the reader that finds it removes it from the
+document with a leave event (watchers check every fifth poll).
+
+Leaders.  The leader of ``g`` holds the lock ``__leader__/g``; the session
+that takes it appends a ``leader`` event to the group's log.
+
+Sessions.  A session registers ``<ns>:s:<token>`` (the coordinator's session
+token, kept across reconnects) and refreshes it, its member keys and its
+locks on every heartbeat.  If its registration or one of its member keys has
+vanished, memcached lost its state: the heartbeat raises
+``BackendUnavailable``, the session fails (``SessionLost``, ``LockLost``), and
+the supervisor reconnects and restores it.  A session that fails while
+memcached still answers (a bug, an injected failure) frees its locks as it
+closes; one that cannot reach it frees them from its next connection (their
+values carry the same token), unless they expired first.  Memberships stay:
+the restored session reclaims them without anyone seeing it leave -- unless
+they expired first, in which case watchers see it leave and join again.
+
+Lock delay.  After memcached restarts, a holder from before the restart still
+believes in its lease until its next refresh (at most its TTL), while a new
+session may already be granted the lock (with a higher fence).  With
+``lock_delay=<seconds>``, no lock is granted while the server has been up for
+less than that: set it to your longest TTL if memcached may restart while
+locks are held (Consul's lock-delay; off by default).
+
+Characteristics: threads, processes and hosts; timeout-based, and with no
+linearizability claim (``cas`` loops are atomic per key, but nothing spans
+keys).
+
+URL: ``memcached://host:port`` (default ``127.0.0.1:11211``).
+
+=================  ==================================================  ============
+option             meaning                                             default
+=================  ==================================================  ============
+``namespace``      prefix of every key ([A-Za-z0-9._-], 1-64 chars)    coordactors
+``timeout``        seconds a request to memcached may take             2
+``lock_delay``     seconds after a server (re)start with no grants     none
+``session_ttl``    as everywhere; ``none`` is refused (see above)      10
+=================  ==================================================  ============
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import socket
+import time
+import uuid
+from typing import Any, Callable
+
+from pymemcache.client.base import Client
+from pymemcache.exceptions import (
+    MemcacheClientError,
+    MemcacheError,
+    MemcacheServerError,
+    MemcacheUnexpectedCloseError,
+)
+
+from coordactors import errors
+from coordactors.backend_actors.base import SessionActor, fence_floor
+from coordactors.characteristics import Characteristics as C
+from coordactors.events import LeaderElected, MemberJoined, MemberLeft
+from coordactors.messages import Lease
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+from coordactors.urls import SessionOptions, optional_seconds, seconds
+
+__all__ = ["MemcachedSession", "keys_for"]
+
+DEFAULT_PORT = 11211
+MAX_KEY_BYTES = 250
+LOG_LENGTH = 256
+"""Events kept in a group's document; a watcher further behind resynchronises."""
+REAP_EVERY = 5
+"""Watchers look for expired members every this many polls (every 0.25 s by default)."""
+CAS_ATTEMPTS = 1000
+"""A cas loop gives up after this many conflicting writers (it never has in practice)."""
+RELATIVE_EXPIRY_LIMIT = 30 * 24 * 3600
+"""memcached reads a larger expiry as a Unix time."""
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+_EVENTS = {"join": MemberJoined, "leave": MemberLeft, "leader": LeaderElected}
+
+
+class Keys:
+    """The memcached keys of one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.groups = f"{namespace}:groups"
+
+    def _named(self, kind: str, name: str) -> str:
+        prefix = f"{self.namespace}:{kind}:"
+        if name.isascii() and name.isprintable() and " " not in name and not name.startswith("#"):
+            if len(prefix) + len(name) <= MAX_KEY_BYTES:
+                return prefix + name
+        return prefix + "#" + hashlib.sha1(name.encode("utf-8")).hexdigest()
+
+    def lock(self, name: str) -> str:
+        return self._named("l", name)
+
+    def fence(self, name: str) -> str:
+        return self._named("f", name)
+
+    def group(self, group: str) -> str:
+        return self._named("g", group)
+
+    def member(self, group: str, member: str) -> str:
+        # Names hold no control characters, so "\0" separates the pair unambiguously.
+        return f"{self.namespace}:m:#" + hashlib.sha1(f"{group}\0{member}".encode()).hexdigest()
+
+    def session(self, token: str) -> str:
+        return f"{self.namespace}:s:{token}"
+
+
+def keys_for(url_or_namespace: str) -> Keys:
+    """The keys a ``memcached://`` URL (or bare namespace) uses, for tests and tools."""
+    if "://" in url_or_namespace:
+        from coordactors.urls import parse_url
+
+        return Keys(parse_url(url_or_namespace)[1].extra.get("namespace", "coordactors"))
+    return Keys(url_or_namespace)
+
+
+def _namespace(value: str, what: str) -> str:
+    if not _NAMESPACE.fullmatch(value):
+        raise errors.InvalidArgument(f"option '{what}' must be 1-64 characters of A-Z a-z 0-9 . _ - (got {value!r})")
+    return value
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+# One table: client and socket errors -> ours, most specific first.
+_ERRORS: tuple[tuple[type[BaseException], type[errors.CoordinationError], str], ...] = (
+    (MemcacheUnexpectedCloseError, errors.BackendUnavailable, "{url} closed the connection"),
+    (socket.timeout, errors.BackendUnavailable, "{url} did not answer in time ({exc})"),
+    (OSError, errors.BackendUnavailable, "{url} is unreachable ({exc})"),
+    (MemcacheServerError, errors.BackendUnavailable, "{url} reported an error: {exc}"),
+    (MemcacheClientError, errors.BackendUnavailable, "{url} refused a request (a bug in coordactors?): {exc}"),
+    (MemcacheError, errors.BackendUnavailable, "{url} answered something unexpected: {exc}"),
+    (ValueError, errors.BackendUnavailable, "{url} holds a value coordactors did not write: {exc}"),
+)
+
+
+class _Connection:
+    """A pymemcache client plus what was registered through it."""
+
+    __slots__ = ("client", "grants_from", "groups", "held", "meta", "token")
+
+    def __init__(self, client: Client, grants_from: float, meta: bool) -> None:
+        self.client = client
+        self.grants_from = grants_from
+        self.meta = meta
+        self.token = ""
+        """The coordinator's session token (stable across reconnects)."""
+        self.held: dict[str, int] = {}
+        """Locks taken through this connection: name -> fence."""
+        self.groups: set[str] = set()
+        """Groups joined (or reclaimed) through this connection: their member keys are refreshed."""
+
+
+class _View:
+    """What a watcher last saw of a group."""
+
+    __slots__ = ("cas", "epoch", "leader", "members", "seq")
+
+    def __init__(self) -> None:
+        self.cas: bytes | None = None
+        self.epoch: str | None = None
+        self.seq = 0
+        self.members: set[str] = set()
+        self.leader: str | None = None
+
+
+class MemcachedSession(SessionActor):
+    """Session of ``memcached://host:port``: see the module docstring."""
+
+    CHARACTERISTICS = frozenset({C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS})
+    DEFAULTS = {"session_ttl": 10.0}
+    OPTIONS = {"namespace": _namespace, "timeout": seconds, "lock_delay": optional_seconds}
+    POLLS = True
+
+    conn: _Connection
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        if options.path not in ("", "/"):
+            raise errors.InvalidArgument(f"{options.redacted!r}: a memcached URL has no path (memcached://host:port)")
+        if options.session_ttl is None:
+            raise errors.InvalidArgument(
+                f"{options.redacted!r}: session_ttl=none is not possible on memcached, which can only tell a dead "
+                "session from a live one by its keys expiring"
+            )
+        if options.session_ttl > RELATIVE_EXPIRY_LIMIT:
+            raise errors.InvalidArgument(f"{options.redacted!r}: session_ttl must be at most 30 days")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keys = Keys(self.options.extra.get("namespace", "coordactors"))
+        self._views: dict[str, _View] = {}
+        self._polls = 0
+        self._unreleased: dict[str, int] = {}
+        """Locks a broken connection could not free: freed by the next one."""
+
+    # -- connection -------------------------------------------------------------
+
+    def open(self) -> _Connection:
+        """Executor thread: connect, and ask the version so a dead server fails here."""
+        options = self.options
+        client = Client(
+            (options.host or "127.0.0.1", options.port or DEFAULT_PORT),
+            connect_timeout=options.connect_timeout,
+            timeout=options.extra.get("timeout", 2.0),
+            no_delay=True,
+            default_noreply=False,
+        )
+        try:
+            version = client.version().decode("ascii", "replace")
+            delay = options.extra.get("lock_delay")
+            grants_from = 0.0
+            if delay:
+                # memcached 1.6 starts its uptime at 2 s and counts whole
+                # seconds: it has been up for at least ``uptime - 2``.
+                up_at_least = max(0.0, float(client.stats()[b"uptime"]) - 2.0)
+                grants_from = time.monotonic() + max(0.0, delay - up_at_least)
+        except BaseException:
+            client.close()
+            raise
+        major, _, rest = version.partition(".")
+        meta = (int(major), int(rest.partition(".")[0])) >= (1, 6) if major.isdigit() and rest[:1].isdigit() else False
+        return _Connection(client, grants_from, meta)
+
+    def on_connected(self) -> None:
+        conn = self.conn
+        conn.token = self.session_token
+        # Views of groups still watched survive a reconnect: the first poll
+        # then reports what changed while the session was down.
+        self._views = {g: v for g, v in self._views.items() if g in self.watched_groups}
+        conn.client.set(self.keys.session(conn.token), self.member_id.encode("utf-8"), expire=self._exptime(None))
+        # Their values carry our (stable) token: free them rather than make
+        # everyone wait until they expire.
+        unreleased, self._unreleased = self._unreleased, {}
+        for name, fence in unreleased.items():
+            self._release(conn, name, fence)
+
+    def close(self) -> None:
+        """Free the locks still taken through this connection, then close it.
+
+        By now the base has declared every lease lost (or released it), so
+        whatever this connection still holds would only block others until it
+        expires.  pymemcache drops its socket after any error: then memcached
+        is unreachable and trying would only wait for timeouts, so the next
+        connection frees them instead.  Memberships stay: the restored session
+        (same token) reclaims them, or they expire.
+        """
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            if conn.client.sock is not None:
+                for name, fence in list(conn.held.items()):
+                    self._release(conn, name, fence)
+        finally:
+            self._unreleased.update(conn.held)
+            conn.client.close()
+
+    def translate_error(self, exc: BaseException) -> errors.CoordinationError:
+        for client_error, ours, template in _ERRORS:
+            if isinstance(exc, client_error):
+                return ours(template.format(url=self.url, exc=exc))
+        return super().translate_error(exc)
+
+    def _exptime(self, ttl: float | None) -> int:
+        """memcached's expiry for a TTL: whole seconds, rounded up, plus the tick it may lose."""
+        wanted = ttl if ttl is not None else self.options.session_ttl
+        assert wanted is not None  # check_location refuses session_ttl=none
+        expiry = math.ceil(wanted) + 1
+        return expiry if expiry <= RELATIVE_EXPIRY_LIMIT else int(time.time()) + expiry
+
+    # -- group documents --------------------------------------------------------
+
+    def _update(self, key: str, change: Callable[[Any], Any], what: str) -> Any:
+        """A gets/cas loop on a JSON value: ``change(value or None)`` returns
+        the new value (None: write nothing) and may raise.  A missing key is
+        created with ``add``.  Returns the value written (or found)."""
+        client = self.conn.client
+        for _ in range(CAS_ATTEMPTS):
+            raw, cas = client.gets(key)
+            current = None if raw is None else json.loads(raw)
+            new = change(current)
+            if new is None:
+                return current
+            stored = client.add(key, _json(new), expire=0) if raw is None else client.cas(key, _json(new), cas, expire=0)
+            if stored:
+                return new
+        raise errors.OperationTimedOut(f"gave up {what}: {CAS_ATTEMPTS} concurrent writers changed it first")
+
+    @staticmethod
+    def _new_group(group: str) -> dict[str, Any]:
+        return {"name": group, "epoch": uuid.uuid4().hex, "members": {}, "seq": 0, "log": []}
+
+    @staticmethod
+    def _log(doc: dict[str, Any], kind: str, member: str) -> None:
+        doc["seq"] += 1
+        doc["log"].append([doc["seq"], kind, member])
+        if len(doc["log"]) > LOG_LENGTH:
+            del doc["log"][: len(doc["log"]) - LOG_LENGTH]
+
+    def _index(self, group: str, present: bool) -> None:
+        """Add ``group`` to (or remove it from) the list of groups."""
+
+        def change(names: list[str] | None) -> list[str] | None:
+            names = names or []
+            if present:
+                # Written even when listed, so that a concurrent removal's cas fails and looks again.
+                return names if group in names else [*names, group]
+            if group not in names or self.conn.client.get(self.keys.group(group)) is not None:
+                return None  # not listed, or re-created meanwhile
+            return [n for n in names if n != group]
+
+        self._update(self.keys.groups, change, "updating the list of groups")
+
+    def _read_group(self, group: str, doing: str) -> dict[str, Any]:
+        raw = self.conn.client.get(self.keys.group(group))
+        if raw is None:
+            raise errors.GroupNotFound(f"cannot {doing} {group!r}: no such group")
+        return json.loads(raw)
+
+    def _alive(self, group: str, members: dict[str, str]) -> set[str]:
+        """The listed members whose keys have not expired (one round trip)."""
+        if not members:
+            return set()
+        keys = {self.keys.member(group, m): m for m in members}
+        found = self.conn.client.get_many(list(keys))
+        return {keys[k] for k in found}
+
+    def _reap(self, group: str, suspects: set[str]) -> None:
+        """Remove the members whose keys expired, logging their leave.
+
+        The keys are looked at again inside the cas loop, after reading the
+        document: a member that rejoined since (same token: it is the same
+        coordinator) either shows a live key, or rewrote the document, so the
+        cas fails and the loop looks again.
+        """
+
+        def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                return None
+            listed = {m: doc["members"][m] for m in suspects if m in doc["members"]}
+            gone = sorted(set(listed) - self._alive(group, listed))
+            if not gone:
+                return None
+            for member in gone:
+                del doc["members"][member]
+                self._log(doc, "leave", member)
+            return doc
+
+        self._update(self.keys.group(group), change, f"removing expired members of {group!r}")
+
+    # -- groups -----------------------------------------------------------------
+
+    def do_create_group(self, group: str) -> None:
+        if not self.conn.client.add(self.keys.group(group), _json(self._new_group(group)), expire=0):
+            raise errors.GroupAlreadyExists(f"cannot create group {group!r}: it exists already")
+        self._index(group, True)
+
+    def do_delete_group(self, group: str) -> None:
+        client = self.conn.client
+        key = self.keys.group(group)
+        for _ in range(CAS_ATTEMPTS):
+            raw, cas = client.gets(key)
+            if raw is None:
+                raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
+            alive = self._alive(group, json.loads(raw)["members"])
+            if alive:
+                raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it still has {len(alive)} member(s)")
+            outcome = self._delete_if_unchanged(key, cas)
+            if outcome is None:
+                raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
+            if outcome:
+                break
+        else:
+            raise errors.OperationTimedOut(f"gave up deleting {group!r}: {CAS_ATTEMPTS} concurrent writers changed it first")
+        self._index(group, False)
+        client.delete(self.keys.lock(RESERVED_LOCK_PREFIX + group))
+
+    def _delete_if_unchanged(self, key: str, cas: bytes) -> bool | None:
+        """Delete ``key`` if its cas is still ``cas``: True, False (changed) or None (gone)."""
+        if not self.conn.meta:  # memcached < 1.6: no conditional delete; the window is one round trip
+            return bool(self.conn.client.delete(key)) or None
+        reply = self.conn.client.raw_command(b"md " + key.encode("ascii") + b" C" + cas)
+        if reply == b"HD":
+            return True
+        if reply == b"EX":
+            return False
+        if reply == b"NF":
+            return None
+        raise MemcacheServerError(f"unexpected reply to md: {reply[:40]!r}")
+
+    def do_get_groups(self) -> frozenset[str]:
+        raw = self.conn.client.get(self.keys.groups)
+        names = json.loads(raw) if raw is not None else []
+        if not names:
+            return frozenset()
+        keys = {self.keys.group(name): name for name in names}
+        return frozenset(keys[k] for k in self.conn.client.get_many(list(keys)))
+
+    def do_group_exists(self, group: str) -> bool:
+        return self.conn.client.get(self.keys.group(group)) is not None
+
+    def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
+        conn, client = self.conn, self.conn.client
+        key, expiry = self.keys.member(group, self.member_id), self._exptime(None)
+        already = errors.MemberAlreadyJoined(f"cannot join {group!r}: member {self.member_id!r} is already a member")
+        raw = client.get(self.keys.group(group))
+        if raw is None and not create:
+            raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
+        # The member key first (add: one live holder per member id), then the
+        # listing: whoever sees the listing can rely on the key.
+        value = _json({"caps": capabilities_json, "token": conn.token})
+        if not client.add(key, value, expire=expiry):
+            if raw is not None and self.member_id in json.loads(raw)["members"]:
+                raise already
+            # A live key the group does not list is left over from a join
+            # that died half-way: take it over.
+            orphan, cas = client.gets(key)
+            if not (client.add(key, value, expire=expiry) if orphan is None else client.cas(key, value, cas, expire=expiry)):
+                raise already
+        created = False
+
+        def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+            nonlocal created
+            created = doc is None
+            if doc is None:
+                if not create:
+                    raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
+                doc = self._new_group(group)
+            listed = doc["members"].get(self.member_id)
+            if listed is not None:
+                # Listed, yet we hold the key: that listing's key had expired
+                # (it died) -- unless another coordinator with our member id
+                # took the key back since.
+                if listed != conn.token and client.get(key) != value:
+                    raise already
+                self._log(doc, "leave", self.member_id)
+            doc["members"][self.member_id] = conn.token
+            self._log(doc, "join", self.member_id)
+            return doc
+
+        try:
+            self._update(self.keys.group(group), change, f"joining {group!r}")
+        except errors.CoordinationError:
+            found, cas = client.gets(key)
+            if found == value:
+                self._delete_if_unchanged(key, cas)
+            raise
+        conn.groups.add(group)
+        if created:
+            self._index(group, True)
+
+    def do_leave(self, group: str) -> None:
+        conn = self.conn
+
+        def change(doc: dict[str, Any] | None) -> dict[str, Any]:
+            if doc is None:
+                raise errors.GroupNotFound(f"cannot leave {group!r}: no such group")
+            if doc["members"].get(self.member_id) != conn.token:
+                raise errors.MemberNotJoined(f"cannot leave {group!r}: member {self.member_id!r} has not joined it")
+            del doc["members"][self.member_id]
+            self._log(doc, "leave", self.member_id)
+            return doc
+
+        self._update(self.keys.group(group), change, f"leaving {group!r}")
+        conn.groups.discard(group)
+        conn.client.delete(self.keys.member(group, self.member_id))
+
+    def do_get_members(self, group: str) -> frozenset[str]:
+        members = self._read_group(group, "list the members of")["members"]
+        alive = self._alive(group, members)
+        if len(alive) < len(members):
+            self._reap(group, set(members) - alive)
+        return frozenset(alive)
+
+    def do_get_capabilities(self, group: str, member: str) -> str:
+        group_key, member_key = self.keys.group(group), self.keys.member(group, member)
+        found = self.conn.client.get_many([group_key, member_key])
+        if group_key not in found:
+            raise errors.GroupNotFound(f"cannot read capabilities in {group!r}: no such group")
+        if member_key not in found or member not in json.loads(found[group_key])["members"]:
+            raise errors.MemberNotJoined(f"cannot read capabilities of {member!r} in {group!r}: not a member")
+        return json.loads(found[member_key])["caps"]
+
+    def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
+        # Also how a restored session reclaims a membership that outlived its
+        # connection: the token is the coordinator's, so it is still ours.
+        conn = self.conn
+        listed = self._read_group(group, "update capabilities in")["members"].get(self.member_id)
+        if listed != conn.token:
+            raise errors.MemberNotJoined(f"cannot update capabilities in {group!r}: member {self.member_id!r} has not joined it")
+        value = _json({"caps": capabilities_json, "token": conn.token})
+        conn.client.set(self.keys.member(group, self.member_id), value, expire=self._exptime(None))
+        conn.groups.add(group)
+
+    # -- locks ------------------------------------------------------------------
+
+    def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        conn, client = self.conn, self.conn.client
+        if conn.grants_from and time.monotonic() < conn.grants_from:
+            return None  # lock_delay after a server (re)start
+        key = self.keys.lock(name)
+        if client.get(key) is not None:
+            return None
+        fence = self._next_fence(name)
+        if not client.add(key, self._lock_value(conn, name, fence), expire=self._exptime(ttl)):
+            return None  # someone else got in between; the fence is skipped, never reused
+        conn.held[name] = fence
+        if name.startswith(RESERVED_LOCK_PREFIX):
+            self._log_leader(name[len(RESERVED_LOCK_PREFIX) :])
+        return fence
+
+    def _next_fence(self, name: str) -> int:
+        client, key = self.conn.client, self.keys.fence(name)
+        for _ in range(3):
+            fence = client.incr(key, 1)
+            if fence is not None:
+                return int(fence)
+            # Missing: never used, or memcached lost it.  Seed above every
+            # fence issued before (add: only one seeder wins), then incr.
+            client.add(key, str(fence_floor()).encode("ascii"), expire=0)
+        raise errors.BackendUnavailable(f"{self.url} keeps losing the fence counter of {name!r} (is it out of memory?)")
+
+    def _log_leader(self, group: str) -> None:
+        def change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+            if doc is None:
+                return None
+            self._log(doc, "leader", self.member_id)
+            return doc
+
+        self._update(self.keys.group(group), change, f"announcing the leader of {group!r}")
+
+    def _lock_value(self, conn: _Connection, name: str, fence: int) -> bytes:
+        return f"{conn.token}:{fence}:{self.member_id}".encode("utf-8")
+
+    def do_release(self, name: str, fence: int) -> bool:
+        return self._release(self.conn, name, fence)
+
+    def _release(self, conn: _Connection, name: str, fence: int) -> bool:
+        key = self.keys.lock(name)
+        raw, cas = conn.client.gets(key)
+        released = raw == self._lock_value(conn, name, fence) and bool(self._delete_if_unchanged(key, cas))
+        if conn.held.get(name) == fence:
+            del conn.held[name]  # only now: if memcached did not answer, close() hands it to the next connection
+        return released
+
+    def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        conn, client = self.conn, self.conn.client
+        keys = {self.keys.lock(lease.name): lease for lease in leases}
+        found = client.gets_many(list(keys))
+        lost = set()
+        for key, lease in keys.items():
+            value = self._lock_value(conn, lease.name, lease.fence)
+            raw, cas = found.get(key, (None, None))
+            if raw != value or not client.cas(key, value, cas, expire=self._exptime(lease.ttl)):
+                lost.add((lease.name, lease.fence))
+        for name, fence in lost:
+            if conn.held.get(name) == fence:
+                del conn.held[name]
+        return lost
+
+    def do_lock_holder(self, name: str) -> str | None:
+        raw = self.conn.client.get(self.keys.lock(name))
+        parts = [] if raw is None else raw.decode("utf-8", "replace").split(":", 2)
+        return parts[2] if len(parts) == 3 else None
+
+    # -- liveness ---------------------------------------------------------------
+
+    def do_heartbeat(self) -> None:
+        conn, client = self.conn, self.conn.client
+        expiry = self._exptime(None)
+        if not client.touch(self.keys.session(conn.token), expiry):
+            raise errors.BackendUnavailable(
+                f"{self.url} lost the session of {self.member_id!r} (memcached restarted or evicted it)"
+            )
+        for group in sorted(conn.groups):
+            if not client.touch(self.keys.member(group, self.member_id), expiry):
+                raise errors.BackendUnavailable(
+                    f"{self.url} lost the membership of {self.member_id!r} in {group!r} "
+                    "(it expired, or memcached restarted or evicted it)"
+                )
+
+    def do_shutdown(self) -> None:
+        # The base has released the leases and left the groups already.
+        self.conn.client.delete(self.keys.session(self.conn.token))
+
+    # -- events -----------------------------------------------------------------
+
+    def do_watch(self, group: str) -> None:
+        view = self._views.get(group)
+        if view is not None:
+            return  # restored after a reconnect: the next poll reports what changed meanwhile
+        view = self._views[group] = _View()
+        raw, cas = self.conn.client.gets(self.keys.group(group))
+        if raw is not None:
+            doc = json.loads(raw)
+            view.cas, view.epoch, view.seq, view.members = cas, doc["epoch"], doc["seq"], set(doc["members"])
+            view.leader = self.do_lock_holder(RESERVED_LOCK_PREFIX + group)
+
+    def do_unwatch(self, group: str) -> None:
+        self._views.pop(group, None)
+
+    def do_poll(self) -> None:
+        groups = sorted(self.watched_groups)
+        if not groups:
+            return
+        self._polls += 1
+        keys = {self.keys.group(g): g for g in groups}
+        found = self.conn.client.gets_many(list(keys))
+        docs = {}
+        for key, group in keys.items():
+            raw, cas = found.get(key, (None, None))
+            doc = None if raw is None else json.loads(raw)
+            docs[group] = doc
+            self._catch_up(group, doc, cas)
+        if self._polls % REAP_EVERY == 0:
+            self._reap_watched(docs)
+
+    def _catch_up(self, group: str, doc: dict[str, Any] | None, cas: bytes | None) -> None:
+        """Emit what happened to ``group`` since its view, from the group's log (or a diff)."""
+        view = self._views.setdefault(group, _View())
+        if doc is None and view.epoch is None:
+            return
+        if doc is None or doc["epoch"] != view.epoch:
+            # Deleted, or deleted and re-created: whoever we knew is gone.
+            for member in sorted(view.members):
+                self.emit(MemberLeft(group, member))
+            self._views[group] = view = _View()
+            if doc is None:
+                return
+            view.epoch = doc["epoch"]
+        if cas == view.cas:
+            return
+        view.cas = cas
+        log = doc["log"]
+        first = log[0][0] if log else doc["seq"] + 1
+        if view.seq + 1 < first:
+            self._resync(group, view, doc)
+        else:
+            for seq, kind, member in log:
+                if seq <= view.seq:
+                    continue
+                if kind == "join":
+                    view.members.add(member)
+                elif kind == "leave":
+                    view.members.discard(member)
+                else:
+                    view.leader = member
+                self.emit(_EVENTS[kind](group, member))
+        view.seq = doc["seq"]
+
+    def _resync(self, group: str, view: _View, doc: dict[str, Any]) -> None:
+        """The log no longer reaches back to the view: report the difference instead."""
+        members = set(doc["members"])
+        leader = self.do_lock_holder(RESERVED_LOCK_PREFIX + group)
+        for member in sorted(view.members - members):
+            self.emit(MemberLeft(group, member))
+        for member in sorted(members - view.members):
+            self.emit(MemberJoined(group, member))
+        if leader is not None and leader != view.leader:
+            self.emit(LeaderElected(group, leader))
+        view.members, view.leader = members, leader
+
+    def _reap_watched(self, docs: dict[str, dict[str, Any] | None]) -> None:
+        """Look up every listed member of the watched groups at once; remove the dead."""
+        listed = {self.keys.member(g, m): (g, m) for g, doc in docs.items() if doc for m in doc["members"]}
+        if not listed:
+            return
+        alive = self.conn.client.get_many(list(listed))
+        dead: dict[str, set[str]] = {}
+        for key, (group, member) in listed.items():
+            if key not in alive:
+                dead.setdefault(group, set()).add(member)
+        for group, members in dead.items():
+            self._reap(group, members)
