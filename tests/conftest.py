@@ -40,12 +40,12 @@ def _ipc_url(request: Any, tmp_path: Any) -> Iterator[str]:
         destroy(name)
 
 
-def _on_server(fixture: str, scheme: str | None = None) -> Callable[[Any, Any], Iterator[str]]:
+def _on_server(fixture: str, scheme: str | None = None, attribute: str = "url") -> Callable[[Any, Any], Iterator[str]]:
     """A row for a networked backend: the session-wide server, a private namespace per test."""
 
     def url(request: Any, tmp_path: Any) -> Iterator[str]:
-        server = request.getfixturevalue(fixture)
-        base = server.url if scheme is None else scheme + server.url.partition("://")[1] + server.url.partition("://")[2]
+        server_url = getattr(request.getfixturevalue(fixture), attribute)
+        base = server_url if scheme is None else scheme + "://" + server_url.partition("://")[2]
         yield f"{base}{'&' if '?' in base else '?'}namespace=t{uuid.uuid4().hex[:12]}"
 
     return url
@@ -66,12 +66,22 @@ BACKENDS: list[Any] = [
     pytest.param(_ipc_url, id="ipc"),
 ]
 NETWORKED = [
-    ("redis", "redis_server", "redis", None),
-    ("zookeeper", "zookeeper_server", "zookeeper", None),
-    ("kazoo", "zookeeper_server", "zookeeper", "kazoo"),
-    ("memcached", "memcached_server", "memcached", None),
+    # id, server fixture, backend module, scheme override, server attribute
+    ("redis", "redis_server", "redis", None, "url"),
+    ("zookeeper", "zookeeper_server", "zookeeper", None, "url"),
+    ("kazoo", "zookeeper_server", "zookeeper", "kazoo", "url"),
+    ("memcached", "memcached_server", "memcached", None, "url"),
+    ("postgresql", "postgres_server", "postgresql", None, "url"),
+    ("mysql", "mariadb_server", "mysql", None, "url"),
+    ("etcd", "etcd_server", "etcd", None, "url"),
+    ("etcd3", "etcd_server", "etcd3", None, "url_v3"),
+    ("consul", "consul_agent", "consul", None, "url"),
 ]
-BACKENDS += [pytest.param(_on_server(fixture, scheme), id=name) for name, fixture, module, scheme in NETWORKED if _built(module)]
+BACKENDS += [
+    pytest.param(_on_server(fixture, scheme, attribute), id=name)
+    for name, fixture, module, scheme, attribute in NETWORKED
+    if _built(module)
+]
 
 CROSS_PROCESS_BACKENDS: list[Any] = [
     pytest.param(_file_url, id="file"),

@@ -27,13 +27,17 @@ ROWS = [
     pytest.param(("redis", servers.RedisServer, "session_ttl=2&socket_timeout=0.5"), id="redis"),
     pytest.param(("zookeeper", servers.ZooKeeperServer, "session_ttl=2"), id="zookeeper"),
     pytest.param(("memcached", servers.MemcachedServer, "session_ttl=2"), id="memcached"),
+    pytest.param(("postgresql", servers.PostgresServer, "session_ttl=2"), id="postgresql"),
+    pytest.param(("mysql", servers.MariaDBServer, "session_ttl=2"), id="mysql"),
+    pytest.param(("etcd", servers.EtcdServer, "session_ttl=2"), id="etcd"),
+    pytest.param(("etcd3", servers.EtcdServer, "session_ttl=2"), id="etcd3"),
 ]
 ROWS = [row for row in ROWS if importlib.util.find_spec(f"coordactors.backend_actors.{row.values[0][0]}") is not None]
 
 
 @pytest.fixture(params=ROWS)
 def private_server(request):
-    _module, server_class, options = request.param
+    module, server_class, options = request.param
     try:
         server = server_class().start()
     except servers.ServerUnavailable as exc:
@@ -43,7 +47,8 @@ def private_server(request):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     try:
-        yield server, f"{server.url}?namespace=f{uuid.uuid4().hex[:8]}&{options}&{FAST}"
+        base = server.url_v3 if module == "etcd3" else server.url
+        yield server, f"{base}{'&' if '?' in base else '?'}namespace=f{uuid.uuid4().hex[:8]}&{options}&{FAST}"
     finally:
         server.stop()
 
