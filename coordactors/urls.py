@@ -32,6 +32,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "rediss": ("coordactors.backend_actors.redis:RedisSession", "redis"),
     "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "kazoo": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
+    "etcd3+http": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),
+    "etcd3": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),
 }
 
 SECRET_OPTIONS = frozenset({"password", "token", "secret", "sasl_password", "auth"})

@@ -650,6 +650,8 @@ class SessionActor(pykka.ThreadingActor):
                 if msg.timeout == 0 or not self.wait_while_down:
                     raise
                 fence, lost_connection = None, exc
+            except errors.CoordinationError:
+                raise  # already ours: a foreign format, a refusal...
             except Exception as exc:
                 translated = self._translated(exc)
                 if msg.timeout == 0 or not self.wait_while_down or not isinstance(translated, errors.BackendUnavailable):
