@@ -32,6 +32,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "rediss": ("coordactors.backend_actors.redis:RedisSession", "redis"),
     "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "kazoo": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
+    "etcd": ("coordactors.backend_actors.etcd:EtcdSession", "etcd"),
     "mysql": ("coordactors.backend_actors.mysql:MySQLSession", "mysql"),
     "etcd3+http": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),
     "etcd3": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),

@@ -1,0 +1,828 @@
+"""etcd://: coordination through etcd's v2 keys API (plain HTTP, no client library).
+
+URL: ``etcd://[user:password@]host[:port][?options]`` (port 2379 by default;
+``user:password`` is sent as HTTP basic authentication, which etcd's v2 auth
+checks).  The server must run with ``--enable-v2`` (etcd 3.4 and later keep
+the v2 store only then).  Options, besides the common ones:
+
+===================  ==========================================================
+``namespace``        the directory holding everything (default ``coordactors``;
+                     ``/``-separated parts allowed); give each application or
+                     test its own
+``request_timeout``  seconds one request may take (default: ``session_ttl``/4,
+                     between 0.5 and 5)
+===================  ==========================================================
+
+``session_ttl`` (default 30 s) is the TTL of memberships and of locks without
+a TTL of their own; it cannot be ``none``.  etcd counts TTLs in whole
+seconds: a TTL is rounded UP at the server, and the holder gives a lease up on
+its own clock at the TTL it asked for (minus a margin), so it always lets go
+first.
+
+Layout, under ``/<namespace>``::
+
+    epoch              the fence base (see below); written once
+    groups/<g>/        directory: the group
+    groups/<g>/<m>     a membership, TTL session_ttl; value {"caps", "token"}
+    locks/<name>       a lock, TTL; value {"member", "token"}
+
+Names are arbitrary unicode, so each becomes ONE key segment by
+percent-encoding UTF-8, keeping only ASCII letters, digits, ``-`` and ``~``
+(``.`` and ``_`` are escaped too: no ``.``/``..`` segment, and no hidden
+``_`` key).  The segment is percent-encoded once more in the request URL.
+
+Each coordinator session uses two persistent HTTP/1.1 connections: one for
+its requests (kept alive: no new connection per operation) and one for the
+long poll of its event reader.
+
+Mechanisms:
+
+* lock: a create-only key with a TTL (``PUT ?prevExist=false&ttl=N``).  A
+  refresh is ``PUT ?refresh=true&prevIndex=<modifiedIndex>&ttl=N`` (no
+  watcher is woken by a refresh) and a release ``DELETE ?prevIndex=...``, so
+  neither touches a key that changed hands.  **The fence is the key's
+  ``createdIndex``** plus this namespace's epoch: ``createdIndex`` is the
+  etcd index of the write that created the key, set once and strictly
+  increasing from one creation to the next, whereas ``modifiedIndex`` moves
+  on every refresh and would not identify a grant.  etcd's indexes restart
+  from zero if its data is wiped, so the fence adds an epoch stored in the
+  namespace and written once, as ``fence_floor()`` (microseconds since the
+  epoch) minus the etcd index at that moment: a wiped etcd also lost the
+  epoch key, and the next session writes a new one, which is larger than any
+  fence of the old data as long as etcd made fewer than one write per
+  microsecond.  A session that sees etcd's index go backwards (its data was
+  replaced under it) fails and reconnects, reading the new epoch.  Do not
+  delete the namespace by hand while sessions run: they would fail and
+  reconnect, but a session that had not yet noticed could hand out a fence
+  from the old epoch.
+* groups: a directory per group; a membership is a key with a TTL of
+  ``session_ttl`` created with ``prevExist=false`` (a second join of the same
+  member id fails atomically), refreshed by every heartbeat (guarded by
+  ``prevValue``: only this session's own membership) and expired by etcd
+  itself when its session stops heartbeating.  A group is deleted with
+  ``DELETE ?dir=true``, which etcd refuses for a non-empty directory.  etcd
+  v2 has no transactions, and creating a key makes its missing parent
+  directories: a join (without ``create``) looks at the group, creates the
+  membership, and looks again; if the group was deleted in between (the
+  create made it anew), it undoes both and fails with GroupNotFound.  A
+  watcher may then see that member join and leave.
+* events: etcd's own event history is the log.  A reader thread long-polls
+  ``GET /<namespace>?wait=true&recursive=true&waitIndex=N`` on its own
+  connection, one event per reply in index order, and hands each to the actor
+  thread: joins (``create``), leaves (``delete``, ``expire``,
+  ``compareAndDelete`` of a membership) and new leaders (``create`` of a
+  leader lock) are reported exactly and in order, and the end of any lock key
+  wakes that lock's waiters at once.  A reconnected session resumes from the
+  last event it applied.  etcd keeps the last 1000 events: a reader further
+  behind gets ``401 index cleared``, re-reads the watched groups and reports
+  the differences (changes that came and went in the gap are not seen).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import math
+import socket
+import threading
+import urllib.parse
+from typing import Any
+
+from coordactors import errors
+from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
+from coordactors.characteristics import Characteristics as C
+from coordactors.events import LeaderElected, MemberJoined, MemberLeft
+from coordactors.messages import Lease
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+from coordactors.urls import SessionOptions, seconds
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EtcdError", "EtcdSession", "decode_name", "encode_name"]
+
+DEFAULT_PORT = 2379
+KEYS = "/v2/keys"
+LEAVE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
+
+# etcd v2 error codes (etcd/etcdserver/api/v2error).
+KEY_NOT_FOUND, COMPARE_FAILED, NOT_A_FILE, NOT_A_DIR, NODE_EXISTS, DIR_NOT_EMPTY = 100, 101, 102, 104, 105, 108
+UNAUTHORIZED, INDEX_CLEARED = 110, 401
+
+
+def encode_name(name: str) -> str:
+    """``name`` as one etcd key segment: percent-encoded UTF-8 keeping only
+    ASCII letters, digits, ``-`` and ``~``."""
+    return urllib.parse.quote(name, safe="").replace(".", "%2E").replace("_", "%5F")
+
+
+def decode_name(segment: str) -> str:
+    """The name that :func:`encode_name` turned into ``segment``."""
+    return urllib.parse.unquote(segment)
+
+
+class EtcdError(Exception):
+    """An error reply of the v2 API: ``code`` is etcd's errorCode (None if the
+    reply was not etcd's JSON), ``status`` the HTTP status."""
+
+    def __init__(self, status: int, code: int | None, message: str, cause: str = "", index: int = 0) -> None:
+        super().__init__(f"HTTP {status}, etcd error {code}: {message}{' (' + cause + ')' if cause else ''}")
+        self.status, self.code, self.message, self.cause, self.index = status, code, message, cause, index
+
+
+class _Http:
+    """One persistent HTTP/1.1 connection to the v2 keys API.
+
+    ``abort`` (any thread) shuts the socket down, so a request blocked in a
+    long poll ends at once; no socket is opened after it.
+    """
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float, timeout: float | None, authorization: str | None) -> None:
+        self._conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        self._timeout = timeout
+        self._headers = {"Authorization": authorization} if authorization else {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
+        conn = self._conn
+        if conn.sock is None:
+            conn.connect()
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    raise ConnectionAbortedError("the connection was closed")
+            conn.sock.settimeout(self._timeout)  # type: ignore[attr-defined]
+        url = KEYS + urllib.parse.quote(key, safe="/") + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = dict(self._headers)
+        body = None
+        if form is not None:
+            body = urllib.parse.urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, url, body, headers)
+            response = conn.getresponse()
+            data = response.read()
+        except BaseException:
+            conn.close()
+            raise
+        index = int(response.getheader("X-Etcd-Index") or 0)
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            raise EtcdError(response.status, None, data[:200].decode("utf-8", "replace").strip()) from None
+        if not isinstance(reply, dict):
+            raise EtcdError(response.status, None, "the reply is not a JSON object")
+        if "errorCode" in reply:
+            raise EtcdError(response.status, reply["errorCode"], str(reply.get("message", "")), str(reply.get("cause", "")), int(reply.get("index") or index))
+        if response.status >= 300:
+            raise EtcdError(response.status, None, str(reply.get("message", reply)))
+        return index, reply
+
+    def abort(self) -> None:
+        with self._lock:
+            self._closed = True
+            sock = self._conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.abort()
+        self._conn.close()
+
+
+class _Connection:
+    """The request connection, the reader's connection and thread, and what
+    ``open`` learnt: the namespace's fence epoch and etcd's index."""
+
+    def __init__(self, http_: _Http, watch: _Http, epoch: int, index: int) -> None:
+        self.http = http_
+        self.watch = watch
+        self.epoch = epoch
+        self.index = index
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+
+class _View:
+    """What a watcher has reported of one group, and up to which etcd index."""
+
+    __slots__ = ("leader", "leader_index", "members", "members_index")
+
+    def __init__(self, members: set[str], members_index: int, leader: str | None, leader_index: int) -> None:
+        self.members, self.members_index = members, members_index
+        self.leader, self.leader_index = leader, leader_index
+
+
+def _namespace(value: str, what: str) -> str:
+    parts = value.strip("/").split("/")
+    if any(p in ("", ".", "..") or p.startswith("_") for p in parts):
+        raise errors.InvalidArgument(f"option '{what}' must be key names separated by '/' (no empty, '.', '..' or '_'-prefixed parts; got {value!r})")
+    return "/".join(parts)
+
+
+class EtcdSession(SessionActor):
+    """Session of ``etcd://``: TTL keys and the event history of etcd's v2 API.
+
+    Threads: ``open`` runs on the runtime's blocking executor (connects,
+    checks the layout, reads the epoch).  Every ``do_*`` hook runs on the
+    actor thread and makes one to a few requests, each bounded by
+    ``request_timeout``; only ``do_heartbeat`` and ``do_refresh`` make one per
+    membership or lease (v2 has no multi-key request).  The reader thread
+    (``EtcdEvents[<member>]``) only long-polls and hands each event to the
+    actor with ``run_on_actor``; ``close`` shuts its socket down and joins it.
+    """
+
+    CHARACTERISTICS = frozenset({C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS})
+    DEFAULTS = {"session_ttl": 30.0}
+    OPTIONS = {"namespace": _namespace, "request_timeout": seconds}
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        shown = options.redacted
+        if not options.host or "," in options.host:
+            raise errors.InvalidArgument(f"etcd:// needs one host: etcd://host[:port] (got {shown!r})")
+        if options.path.strip("/"):
+            raise errors.InvalidArgument(f"an etcd:// URL has no path; use ?namespace= (got {options.path!r} in {shown!r})")
+        if options.session_ttl is None:
+            raise errors.InvalidArgument(f"option 'session_ttl' cannot be none on etcd:// (got {shown!r}): memberships and locks live by TTL")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._root = "/" + self.options.extra.get("namespace", "coordactors")
+        ttl = float(self.options.session_ttl or 30.0)
+        self._timeout = self.options.extra.get("request_timeout", min(5.0, max(0.5, ttl / 4)))
+        self._epoch = 0
+        self._max_index = 0
+        self._applied: int | None = None
+        """The etcd index up to which the actor has applied events (the last
+        event's, or where the reader started): a new reader resumes after it,
+        so nothing that happened while the session was down is missed."""
+        self._held: dict[str, list[int]] = {}
+        """Lock name -> [createdIndex, modifiedIndex] of the keys this session holds."""
+        self._member_values: dict[str, str] = {}
+        """Group -> the value of this session's membership key."""
+        self._views: dict[str, _View] = {}
+
+    # -- connection ---------------------------------------------------------------
+
+    def _new_http(self, timeout: float | None, connect_timeout: float) -> _Http:
+        options = self.options
+        authorization = None
+        if options.username:
+            raw = f"{options.username}:{options.password or ''}".encode()
+            authorization = "Basic " + base64.b64encode(raw).decode("ascii")
+        return _Http(options.host or "127.0.0.1", options.port or DEFAULT_PORT, connect_timeout=connect_timeout,
+                     timeout=timeout, authorization=authorization)
+
+    def open(self) -> _Connection:
+        """Executor thread: connect, check the namespace's layout, make what is missing, read the epoch."""
+        # The request connection may reconnect on the actor thread (after
+        # etcd closed a kept-alive connection): no longer than a request.
+        http_ = self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout))
+        try:
+            index, epoch = self._prepare(http_)
+        except BaseException:
+            http_.close()
+            raise
+        return _Connection(http_, self._new_http(None, self.options.connect_timeout), epoch, index)
+
+    def _prepare(self, http_: _Http) -> tuple[int, int]:
+        try:
+            index, reply = http_.request("GET", self._root)
+            node = reply["node"]
+            if not node.get("dir"):
+                raise self._foreign(self._root, "a directory")
+            children = {child["key"].rpartition("/")[2]: child for child in node.get("nodes", ())}
+        except EtcdError as exc:
+            if exc.code != KEY_NOT_FOUND:
+                raise
+            index, children = exc.index, {}
+        for name in ("groups", "locks"):
+            child = children.get(name)
+            if child is None:
+                try:
+                    http_.request("PUT", f"{self._root}/{name}", form={"dir": "true", "prevExist": "false"})
+                except EtcdError as exc:
+                    if exc.code != NODE_EXISTS:
+                        raise
+            elif not child.get("dir"):
+                raise self._foreign(f"{self._root}/{name}", "a directory")
+        epoch_key = f"{self._root}/epoch"
+        child = children.get("epoch")
+        if child is None:
+            try:
+                http_.request("PUT", epoch_key, form={"value": str(fence_floor() - index), "prevExist": "false"})
+            except EtcdError as exc:
+                if exc.code != NODE_EXISTS:
+                    raise
+            index, reply = http_.request("GET", epoch_key)
+            child = reply["node"]
+        try:
+            return index, int(child["value"])
+        except (KeyError, TypeError, ValueError):
+            raise self._foreign(epoch_key, "a whole number") from None
+
+    def _foreign(self, key: str, expected: str) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"the key {key!r} on {self.url} holds data in a format coordactors does not know (expected {expected}); it was left untouched"
+        )
+
+    def on_connected(self) -> None:
+        """Actor thread: adopt the connection's epoch and start the event reader."""
+        conn = self.conn
+        wiped = conn.index < self._max_index
+        if wiped:
+            logger.warning("%r: etcd's index went back from %d to %d: its data was lost", self, self._max_index, conn.index)
+        self._max_index = conn.index
+        self._epoch = conn.epoch
+        self._held = {}
+        if wiped or self._applied is None or not self._views:
+            self._applied = conn.index
+        start = self._applied + 1
+        conn.thread = threading.Thread(target=self._follow, args=(conn, start), name=f"EtcdEvents[{self.member_id}]", daemon=True)
+        conn.thread.start()
+        if wiped:
+            self._resync_all()
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.stopping.set()
+        conn.watch.abort()  # ends the reader's long poll at once
+        if conn.thread is not None and conn.thread is not threading.current_thread():
+            conn.thread.join(5)
+        conn.watch.close()
+        conn.http.close()
+
+    # -- requests ------------------------------------------------------------------
+
+    def _request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> dict[str, Any]:
+        conn = self.conn
+        if conn is None:
+            raise errors.BackendUnavailable(f"no connection to {self.url}")
+        try:
+            index, reply = conn.http.request(method, key, form=form, query=query)
+        except EtcdError as exc:
+            self._saw(exc.index)
+            raise
+        self._saw(index)
+        return reply
+
+    def _saw(self, index: int) -> None:
+        if index < self._max_index:
+            raise errors.BackendUnavailable(
+                f"etcd's index on {self.url} went back from {self._max_index} to {index}: its data was lost; reconnecting"
+            )
+        self._max_index = index
+
+    def _get(self, key: str) -> dict[str, Any] | None:
+        """The node at ``key``, or None if there is none."""
+        try:
+            return self._request("GET", key)["node"]
+        except EtcdError as exc:
+            if exc.code == KEY_NOT_FOUND:
+                return None
+            raise
+
+    # -- keys ------------------------------------------------------------------------
+
+    def _group_key(self, group: str) -> str:
+        return f"{self._root}/groups/{encode_name(group)}"
+
+    def _member_key(self, group: str, member: str) -> str:
+        return f"{self._group_key(group)}/{encode_name(member)}"
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self._root}/locks/{encode_name(name)}"
+
+    def _ttl(self, ttl: float | None) -> int:
+        return max(1, math.ceil(ttl if ttl is not None else float(self.options.session_ttl or 30.0)))
+
+    def _parse(self, key: str, node: dict[str, Any], field: str) -> Any:
+        try:
+            value = json.loads(node["value"])
+            return value[field]
+        except (KeyError, TypeError, ValueError):
+            raise self._foreign(key, f"coordactors' JSON with {field!r}") from None
+
+    # -- groups ------------------------------------------------------------------------
+
+    def _group_node(self, group: str) -> dict[str, Any] | None:
+        node = self._get(self._group_key(group))
+        if node is not None and not node.get("dir"):
+            raise self._foreign(self._group_key(group), "a directory")
+        return node
+
+    def do_create_group(self, group: str) -> None:
+        try:
+            self._request("PUT", self._group_key(group), form={"dir": "true", "prevExist": "false"})
+        except EtcdError as exc:
+            if exc.code == NODE_EXISTS:
+                raise errors.GroupAlreadyExists(f"cannot create group {group!r}: it exists already") from None
+            raise
+
+    def do_delete_group(self, group: str) -> None:
+        for _attempt in range(8):
+            node = self._group_node(group)
+            if node is None:
+                raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
+            if node.get("nodes"):
+                raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it still has {len(node['nodes'])} member(s)")
+            try:
+                self._request("DELETE", self._group_key(group), query={"dir": "true"})
+            except EtcdError as exc:
+                if exc.code in (DIR_NOT_EMPTY, KEY_NOT_FOUND):
+                    continue  # joined or deleted meanwhile: look again
+                raise
+            try:
+                self._request("DELETE", self._lock_key(leader_lock_name(group)))
+            except EtcdError as exc:
+                if exc.code != KEY_NOT_FOUND:
+                    raise
+            return
+        raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it kept changing while being deleted")
+
+    def do_get_groups(self) -> frozenset[str]:
+        node = self._get(f"{self._root}/groups")
+        if node is None:
+            return frozenset()
+        return frozenset(decode_name(child["key"].rpartition("/")[2]) for child in node.get("nodes", ()) if child.get("dir"))
+
+    def do_group_exists(self, group: str) -> bool:
+        return self._group_node(group) is not None
+
+    def _member_value(self, capabilities_json: str) -> str:
+        return json.dumps({"caps": capabilities_json, "token": self.session_token}, separators=(",", ":"))
+
+    def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
+        if not create and self._group_node(group) is None:
+            raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
+        value = self._member_value(capabilities_json)
+        key = self._member_key(group, self.member_id)
+        try:
+            node = self._request("PUT", key, form={"value": value, "ttl": self._ttl(None), "prevExist": "false"})["node"]
+        except EtcdError as exc:
+            if exc.code == NODE_EXISTS:
+                raise errors.MemberAlreadyJoined(f"cannot join {group!r}: member {self.member_id!r} is already a member") from None
+            if exc.code in (NOT_A_DIR, NOT_A_FILE):
+                raise self._foreign(self._group_key(group), "a directory") from None
+            raise
+        self._member_values[group] = value
+        if not create:
+            self._undo_if_resurrected(group, key, node)
+
+    def _undo_if_resurrected(self, group: str, key: str, node: dict[str, Any]) -> None:
+        """etcd makes missing parent directories: if the group was deleted
+        between our look and our create, the create made it anew (the
+        directory's createdIndex is the membership's).  Undo both, so the
+        join fails as if it had come after the delete."""
+        now = self._group_node(group)
+        if now is not None and now.get("createdIndex") != node["createdIndex"]:
+            return
+        self._member_values.pop(group, None)
+        for query in ({"prevIndex": node["modifiedIndex"]}, None):
+            try:
+                self._request("DELETE", key if query else self._group_key(group), query=query or {"dir": "true"})
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED, DIR_NOT_EMPTY):
+                    raise
+        raise errors.GroupNotFound(f"cannot join {group!r}: the group was deleted as this member joined")
+
+    def _own_membership(self, group: str, doing: str) -> dict[str, Any]:
+        """This session's membership node in ``group`` (GroupNotFound, MemberNotJoined)."""
+        key = self._member_key(group, self.member_id)
+        node = self._get(key)
+        if node is None or node.get("dir") or self._parse(key, node, "token") != self.session_token:
+            self._member_values.pop(group, None)
+            if self._group_node(group) is None:
+                raise errors.GroupNotFound(f"cannot {doing} {group!r}: no such group")
+            raise errors.MemberNotJoined(f"cannot {doing} {group!r}: member {self.member_id!r} has not joined it")
+        return node
+
+    def do_leave(self, group: str) -> None:
+        key = self._member_key(group, self.member_id)
+        value = self._member_values.pop(group, None)
+        if value is not None:
+            try:
+                self._request("DELETE", key, query={"prevValue": value})
+                return
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+        for _attempt in range(8):
+            node = self._own_membership(group, "leave")
+            try:
+                self._request("DELETE", key, query={"prevIndex": node["modifiedIndex"]})
+                return
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+        raise errors.BackendUnavailable(f"cannot leave {group!r}: its membership kept changing under this member")
+
+    def do_get_members(self, group: str) -> frozenset[str]:
+        node = self._group_node(group)
+        if node is None:
+            raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group")
+        return frozenset(decode_name(child["key"].rpartition("/")[2]) for child in node.get("nodes", ()) if not child.get("dir"))
+
+    def do_get_capabilities(self, group: str, member: str) -> str:
+        key = self._member_key(group, member)
+        node = self._get(key)
+        if node is None or node.get("dir"):
+            if self._group_node(group) is None:
+                raise errors.GroupNotFound(f"cannot read capabilities in {group!r}: no such group")
+            raise errors.MemberNotJoined(f"cannot read capabilities of {member!r} in {group!r}: not a member")
+        return self._parse(key, node, "caps")
+
+    def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
+        """Also how a restored session takes over its own membership that
+        outlived the old connection (same session token)."""
+        key = self._member_key(group, self.member_id)
+        value = self._member_value(capabilities_json)
+        ttl = self._ttl(None)
+        old = self._member_values.get(group)
+        if old is not None:
+            try:
+                self._request("PUT", key, form={"value": value, "ttl": ttl, "prevValue": old})
+                self._member_values[group] = value
+                return
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+        for _attempt in range(8):
+            node = self._own_membership(group, "update capabilities in")
+            try:
+                self._request("PUT", key, form={"value": value, "ttl": ttl, "prevIndex": node["modifiedIndex"]})
+                self._member_values[group] = value
+                return
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+        raise errors.BackendUnavailable(f"cannot update capabilities in {group!r}: its membership kept changing under this member")
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        key = self._lock_key(name)
+        value = json.dumps({"member": self.member_id, "token": self.session_token}, separators=(",", ":"))
+        for _attempt in range(4):
+            try:
+                node = self._request("PUT", key, form={"value": value, "ttl": self._ttl(ttl), "prevExist": "false"})["node"]
+            except EtcdError as exc:
+                if exc.code in (NOT_A_DIR, NOT_A_FILE):
+                    raise self._foreign(f"{self._root}/locks", "a directory") from None
+                if exc.code != NODE_EXISTS:
+                    raise
+            else:
+                self._held[name] = [node["createdIndex"], node["modifiedIndex"]]
+                return self._epoch + int(node["createdIndex"])
+            holder = self._get(key)
+            if holder is None:
+                continue  # freed as we looked
+            if holder.get("dir") or self._parse(key, holder, "token") != self.session_token:
+                return None
+            # Ours, from a connection this session gave up (the base never
+            # retries a lock it holds): its lease was declared lost already.
+            try:
+                self._request("DELETE", key, query={"prevIndex": holder["modifiedIndex"]})
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+        return None
+
+    def _still_mine(self, name: str, held: list[int], exc: EtcdError) -> bool:
+        """After a refused compare on ``prevIndex``: is the key still this
+        grant (a refresh whose reply was lost moved its modifiedIndex)?"""
+        if exc.code == KEY_NOT_FOUND:
+            return False
+        if exc.code != COMPARE_FAILED:
+            raise exc
+        node = self._get(self._lock_key(name))
+        if node is None or node.get("createdIndex") != held[0]:
+            return False
+        held[1] = node["modifiedIndex"]
+        return True
+
+    def do_release(self, name: str, fence: int) -> bool:
+        held = self._held.get(name)
+        if held is None or self._epoch + held[0] != fence:
+            return False
+        del self._held[name]
+        for _attempt in range(4):
+            try:
+                self._request("DELETE", self._lock_key(name), query={"prevIndex": held[1]})
+                return True
+            except EtcdError as exc:
+                if not self._still_mine(name, held, exc):
+                    return False
+        return False
+
+    def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        """One refresh per lease (etcd v2 has no multi-key request)."""
+        lost = set()
+        for lease in leases:
+            held = self._held.get(lease.name)
+            if held is None or self._epoch + held[0] != lease.fence or not self._refresh_lock(lease, held):
+                self._held.pop(lease.name, None)
+                lost.add((lease.name, lease.fence))
+        return lost
+
+    def _refresh_lock(self, lease: Lease, held: list[int]) -> bool:
+        form = {"refresh": "true", "prevExist": "true", "ttl": self._ttl(lease.ttl)}
+        for _attempt in range(4):
+            try:
+                node = self._request("PUT", self._lock_key(lease.name), form={**form, "prevIndex": held[1]})["node"]
+            except EtcdError as exc:
+                if not self._still_mine(lease.name, held, exc):
+                    return False
+                continue
+            held[1] = node["modifiedIndex"]
+            return True
+        return False
+
+    def do_lock_holder(self, name: str) -> str | None:
+        key = self._lock_key(name)
+        node = self._get(key)
+        if node is None:
+            return None
+        if node.get("dir"):
+            raise self._foreign(key, "a lock key")
+        return self._parse(key, node, "member")
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def do_heartbeat(self) -> None:
+        """Refresh every membership (one request each); with none, one GET
+        proves the server answers, which the lease clock needs."""
+        ttl = self._ttl(None)
+        for group, value in list(self._member_values.items()):
+            try:
+                self._request("PUT", self._member_key(group, self.member_id), form={"refresh": "true", "ttl": ttl, "prevValue": value})
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
+                del self._member_values[group]
+                raise errors.BackendUnavailable(
+                    f"the membership of {self.member_id!r} in {group!r} on {self.url} expired or was taken: the session lapsed"
+                ) from None
+        if not self._member_values and self._get(self._root) is None:
+            raise errors.BackendUnavailable(f"the namespace {self._root!r} vanished from {self.url}; reconnecting recreates it")
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _follow(self, conn: _Connection, index: int) -> None:
+        """Reader thread: long-poll etcd's event history, one event per reply."""
+        query = {"wait": "true", "recursive": "true"}
+        while not conn.stopping.is_set():
+            try:
+                _index, event = conn.watch.request("GET", self._root, query={**query, "waitIndex": index})
+            except EtcdError as exc:
+                if exc.code == INDEX_CLEARED and not conn.stopping.is_set():
+                    index = exc.index + 1
+                    self.run_on_actor(self._on_gap, conn, exc.index)
+                    continue
+                if not conn.stopping.is_set():
+                    self.run_on_actor(self._reader_failed, conn, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a socket closed under http.client raises several kinds
+                if not conn.stopping.is_set():
+                    self.run_on_actor(self._reader_failed, conn, exc)
+                return
+            node = event.get("node") or {}
+            index = int(node.get("modifiedIndex", index)) + 1
+            self.run_on_actor(self._on_event, conn, event)
+
+    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
+        if conn is self.conn:
+            raise errors.BackendUnavailable(f"lost the event stream of {self.url}: {exc}") from exc
+
+    def _on_gap(self, conn: _Connection, index: int) -> None:
+        if conn is not self.conn:
+            return
+        logger.info("%r: etcd cleared the events this session had not read; re-reading the watched groups", self)
+        self._applied = index
+        self._resync_all()
+        self.wake()
+
+    def _on_event(self, conn: _Connection, event: dict[str, Any]) -> None:
+        if conn is not self.conn:
+            return
+        node, action = event.get("node") or {}, event.get("action", "")
+        index = int(node.get("modifiedIndex", 0))
+        self._applied = index
+        key = str(node.get("key", ""))
+        if key == self._root or not key.startswith(self._root + "/"):
+            if action in LEAVE_ACTIONS and (key == self._root or self._root.startswith(key.rstrip("/") + "/")):
+                raise errors.BackendUnavailable(f"the namespace {self._root!r} was deleted from {self.url}; reconnecting recreates it")
+            return
+        parts = key[len(self._root) + 1 :].split("/")
+        created = action == "create" or (action == "set" and "prevNode" not in event)
+        if parts[0] == "locks" and len(parts) == 2:
+            name = decode_name(parts[1])
+            group = name[len(RESERVED_LOCK_PREFIX) :] if name.startswith(RESERVED_LOCK_PREFIX) else None
+            view = self._views.get(group) if group is not None else None
+            if action in LEAVE_ACTIONS:
+                if view is not None and index > view.leader_index:
+                    view.leader, view.leader_index = None, index
+                self.wake([name])
+            elif created and view is not None and index > view.leader_index:
+                view.leader_index = index
+                try:
+                    member = json.loads(node["value"])["member"]
+                except (KeyError, TypeError, ValueError):
+                    return
+                if member != view.leader:
+                    view.leader = member
+                    self.emit(LeaderElected(group, member))  # type: ignore[arg-type]
+        elif parts[0] == "groups" and len(parts) in (2, 3):
+            view = self._views.get(decode_name(parts[1]))
+            if view is None or index <= view.members_index:
+                return
+            view.members_index = index
+            group = decode_name(parts[1])
+            if len(parts) == 2:
+                if action in LEAVE_ACTIONS:  # the group was deleted
+                    for member in sorted(view.members):
+                        self.emit(MemberLeft(group, member))
+                    view.members = set()
+                return
+            member = decode_name(parts[2])
+            if created and member not in view.members:
+                view.members.add(member)
+                self.emit(MemberJoined(group, member))
+            elif action in LEAVE_ACTIONS and member in view.members:
+                view.members.discard(member)
+                self.emit(MemberLeft(group, member))
+        elif len(parts) == 1 and parts[0] in ("groups", "locks") and action in LEAVE_ACTIONS:
+            raise errors.BackendUnavailable(f"{self._root}/{parts[0]} was deleted from {self.url}; reconnecting recreates it")
+
+    def _look(self, group: str) -> _View:
+        """Read ``group``'s members and leader, with the etcd index of each read."""
+        conn = self.conn
+        try:
+            members_index, reply = conn.http.request("GET", self._group_key(group))
+            node = reply["node"]
+            if not node.get("dir"):
+                raise self._foreign(self._group_key(group), "a directory")
+            members = {decode_name(c["key"].rpartition("/")[2]) for c in node.get("nodes", ()) if not c.get("dir")}
+        except EtcdError as exc:
+            if exc.code != KEY_NOT_FOUND:
+                raise
+            members_index, members = exc.index, set()
+        key = self._lock_key(leader_lock_name(group))
+        try:
+            leader_index, reply = conn.http.request("GET", key)
+            leader = self._parse(key, reply["node"], "member")
+        except EtcdError as exc:
+            if exc.code != KEY_NOT_FOUND:
+                raise
+            leader_index, leader = exc.index, None
+        self._saw(max(members_index, leader_index))
+        return _View(members, members_index, leader, leader_index)
+
+    def _resync_all(self) -> None:
+        for group in list(self._views):
+            old, new = self._views[group], self._look(group)
+            self._views[group] = new
+            for member in sorted(old.members - new.members):
+                self.emit(MemberLeft(group, member))
+            for member in sorted(new.members - old.members):
+                self.emit(MemberJoined(group, member))
+            if new.leader is not None and new.leader != old.leader:
+                self.emit(LeaderElected(group, new.leader))
+
+    def do_watch(self, group: str) -> None:
+        """Start reporting ``group``'s events after a look at it; a group
+        still watched across a reconnect keeps its view (the reader resumes
+        from the last event applied)."""
+        if group not in self._views:
+            self._views[group] = self._look(group)
+
+    def do_unwatch(self, group: str) -> None:
+        self._views.pop(group, None)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def translate_error(self, exc: BaseException) -> errors.CoordinationError:
+        if isinstance(exc, errors.CoordinationError):
+            return exc  # ours already (a foreign key found inside a lock attempt)
+        if isinstance(exc, EtcdError):
+            if exc.code == UNAUTHORIZED or exc.status == 401:
+                return errors.BackendUnavailable(f"{self.url} refused the credentials (authentication failed)")
+            if exc.code in (NOT_A_FILE, NOT_A_DIR):
+                return errors.InvalidArgument(
+                    f"a key under {self._root!r} on {self.url} holds data in a format coordactors does not know ({exc.message}: {exc.cause}); it was left untouched"
+                )
+            if exc.code is None and exc.status == 404:
+                return errors.BackendUnavailable(f"{self.url} does not serve the v2 keys API (is etcd running with --enable-v2?)")
+            return errors.BackendUnavailable(f"{self.url} failed: {exc}")
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            return errors.BackendUnavailable(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
+        return super().translate_error(exc)

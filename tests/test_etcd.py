@@ -1,0 +1,419 @@
+"""What only the etcd v2 backend does: key layout, fences, TTLs, the event reader.
+
+The behaviour suite runs on ``etcd://`` through the ``backend_url`` fixture;
+these tests look underneath with plain HTTP requests to ``/v2/keys`` and
+break a private server on purpose, so the shared one stays healthy.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_until
+
+import coordactors
+from coordactors import errors
+from coordactors.backend_actors import etcd
+from coordactors.characteristics import Characteristics as C
+from coordactors.events import LeaderElected, MemberJoined, MemberLeft, SessionRestored
+from coordactors.messages import Acquire, Heartbeat, Release
+from coordactors.testing import EventRecorder
+from coordactors.testing.pytest_plugin import start_or_skip
+from coordactors.testing.servers import EtcdServer
+
+NAMES = ["a/b", "/", ".", "..", "../..", "_hidden", "a.b", "%2E", "100%", "grüppe ✓", "日本語/名前", "x" * 256, "é" * 128]
+
+
+class Raw:
+    """Plain HTTP to an etcd's v2 keys API, to look at and tamper with the keys."""
+
+    def __init__(self, host: str, port: int, auth: tuple[str, str] | None = None) -> None:
+        self.host, self.port, self.auth = host, port, auth
+
+    def __call__(self, method: str, key: str, body: Any = None, *, prefix: str = "/v2/keys", **params: Any) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        headers = {}
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        if isinstance(body, dict):
+            body, headers["Content-Type"] = urllib.parse.urlencode(body), "application/x-www-form-urlencoded"
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            query = "?" + urllib.parse.urlencode(params) if params else ""
+            conn.request(method, prefix + urllib.parse.quote(key, safe="/") + query, body, headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, data
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[EtcdServer]:
+    """An etcd of this module's own, for tests that wipe or lock it."""
+    server = start_or_skip(EtcdServer())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def url(etcd_server: EtcdServer, namespace: str) -> str:
+    return f"{etcd_server.url}?namespace={namespace}"
+
+
+@pytest.fixture
+def raw(etcd_server: EtcdServer) -> Raw:
+    return Raw(etcd_server.host, etcd_server.port)
+
+
+def _session(coord: coordactors.Coordinator) -> Any:
+    return coord._route.session._actor_weakref()
+
+
+def _restored(events: list[Any]) -> bool:
+    return any(isinstance(e, SessionRestored) for e in events)
+
+
+# -- names ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_name_becomes_one_plain_key_segment_and_comes_back(name):
+    segment = etcd.encode_name(name)
+    assert "/" not in segment and segment not in (".", "..") and not segment.startswith("_")
+    assert set(segment) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-~%")
+    assert etcd.decode_name(segment) == name
+
+
+def test_names_with_slashes_dots_and_unicode_round_trip_through_etcd(coordinators, url, raw, namespace, recorder):
+    coord = coordinators("m/../é x", url)
+    for name in ("a/b", "..", "_hidden", "日本語/名前"):
+        coord.watch(name, recorder)
+        coord.join(name, {"n": name}, create=True)
+        assert coord.members(name) == {"m/../é x"}
+        assert coord.capabilities(name, "m/../é x") == {"n": name}
+        with coord.lock(name, timeout=5):
+            pass
+    assert {"a/b", "..", "_hidden", "日本語/名前"} <= coord.groups()
+    status, reply = raw("GET", f"/{namespace}/groups")
+    assert status == 200
+    assert sorted(n["key"].rpartition("/")[2] for n in reply["node"]["nodes"]) == sorted(
+        etcd.encode_name(g) for g in ("a/b", "..", "_hidden", "日本語/名前")
+    )
+    recorder.wait_for(lambda events: len(events) >= 4)
+    assert recorder.of_type(MemberJoined)[0] == MemberJoined("a/b", "m/../é x")
+
+
+# -- fences -------------------------------------------------------------------------------------------
+
+
+def test_the_fence_is_the_keys_created_index_plus_the_namespace_epoch(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    _status, lock = raw("GET", f"/{namespace}/locks/jobs")
+    _status, epoch = raw("GET", f"/{namespace}/epoch")
+    assert lease.fence == int(epoch["node"]["value"]) + lock["node"]["createdIndex"]
+    assert json.loads(lock["node"]["value"])["member"] == "a"
+    # A refresh moves modifiedIndex, never the fence.
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    _status, refreshed = raw("GET", f"/{namespace}/locks/jobs")
+    assert refreshed["node"]["createdIndex"] == lock["node"]["createdIndex"]
+    assert refreshed["node"]["modifiedIndex"] > lock["node"]["modifiedIndex"]
+    assert lease.held
+
+
+def test_fences_strictly_increase_across_holders_and_a_wiped_server(coordinators, own_server):
+    url = f"{own_server.url}?namespace=w{uuid.uuid4().hex[:8]}&session_ttl=2&backoff_initial=0.05&backoff_max=0.3"
+    first, second = coordinators("first", url), coordinators("second", url)
+    fences = []
+    for coord in (first, second, first):
+        lease = coord.ask(Acquire("jobs", timeout=5), block=True, timeout=10)
+        fences.append(lease.fence)
+        coord.ask(Release(lease), block=True, timeout=10)
+    own = EventRecorder()
+    first.subscribe(own)
+    own_server.stop()  # removes the data: etcd's indexes start again from 1
+    own_server.restart()
+    own.wait_for(_restored, timeout=20)
+    lease = first.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
+    fences.append(lease.fence)
+    assert fences == sorted(set(fences)), fences
+
+
+# -- TTLs and liveness ----------------------------------------------------------------------------------
+
+
+def test_a_member_whose_key_expires_leaves_with_an_event(coordinators, url, raw, namespace, recorder):
+    coord = coordinators("watcher", url)
+    coord.create_group("g")
+    coord.watch("g", recorder)
+    value = json.dumps({"caps": "null", "token": "someone-else"})
+    status, _ = raw("PUT", f"/{namespace}/groups/g/ghost", {"value": value, "ttl": 1, "prevExist": "false"})
+    assert status == 201
+    recorder.wait_for(lambda events: MemberLeft("g", "ghost") in events, timeout=10)
+    assert recorder.events == [MemberJoined("g", "ghost"), MemberLeft("g", "ghost")]
+    assert coord.members("g") == set()
+
+
+def test_a_join_racing_a_group_delete_does_not_bring_the_group_back(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    coord.create_group("g")
+    session = _session(coord)
+    look = session._group_node
+
+    def look_then_delete(group: str) -> Any:  # the delete lands between the join's look and its create
+        node = look(group)
+        if node is not None:
+            session._group_node = look
+            assert raw("DELETE", f"/{namespace}/groups/g", dir="true")[0] == 200
+        return node
+
+    session._group_node = look_then_delete
+    with pytest.raises(errors.GroupNotFound, match="deleted as this member joined"):
+        coord.join("g")
+    assert raw("GET", f"/{namespace}/groups/g")[0] == 404
+    assert "g" not in coord.groups()
+
+
+def test_a_waiter_is_woken_by_the_event_long_before_the_next_heartbeat(coordinators, url):
+    holder, waiter = coordinators("holder", url), coordinators("waiter", url)  # heartbeats every 10 s
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = waiter.submit(Acquire("jobs", timeout=30))
+    wait_until(lambda: waiter.statistics()["waiting"] == 1)
+    holder.ask(Release(lease), block=True, timeout=10)
+    granted = waiting.result(timeout=2)
+    assert granted.fence > lease.fence
+
+
+def test_a_lock_key_taken_by_someone_else_is_lost_on_refresh_and_not_deleted(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    own = EventRecorder()
+    coord.subscribe(own)
+    lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    intruder = json.dumps({"member": "b", "token": "other"})
+    assert raw("PUT", f"/{namespace}/locks/jobs", {"value": intruder})[0] == 200
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    wait_until(lambda: lease.lost.is_set())
+    assert json.loads(raw("GET", f"/{namespace}/locks/jobs")[1]["node"]["value"]) == {"member": "b", "token": "other"}
+    coord.join("g", create=True)  # the session itself lives on
+
+
+def test_the_leader_is_reported_from_the_lock_keys_creation(coordinators, url, recorder):
+    first, second = coordinators("first", url), coordinators("second", url)
+    first.join("g", create=True)
+    second.join("g")
+    second.watch("g", recorder)
+    first.campaign("g")
+    second.campaign("g")
+    recorder.wait_for(lambda events: LeaderElected("g", "first") in events)
+    first.leave("g")  # stands down: the second takes over at once
+    recorder.wait_for(lambda events: LeaderElected("g", "second") in events, timeout=5)
+    assert recorder.of_type(LeaderElected) == [LeaderElected("g", "first"), LeaderElected("g", "second")]
+
+
+def test_a_reconnected_session_replays_every_event_it_missed_from_etcds_history(coordinators, url, raw, namespace, recorder):
+    coord = coordinators("watcher", url + "&backoff_initial=0.5&backoff_max=0.5")
+    coord.create_group("g")
+    coord.watch("g", recorder)
+    own = EventRecorder()
+    coord.subscribe(own)
+    coord.inject_failure("drill")
+    value = json.dumps({"caps": "null", "token": "x"})
+    for _ in range(3):  # joins and leaves that a diff after the reconnect could not see
+        assert raw("PUT", f"/{namespace}/groups/g/other", {"value": value, "prevExist": "false"})[0] == 201
+        assert raw("DELETE", f"/{namespace}/groups/g/other")[0] == 200
+    own.wait_for(_restored, timeout=20)
+    recorder.wait_for(lambda events: len(events) >= 6, timeout=10)
+    assert recorder.events == [MemberJoined("g", "other"), MemberLeft("g", "other")] * 3
+
+
+def test_a_namespace_deleted_from_outside_fails_the_session_which_recreates_it(coordinators, url, raw, namespace):
+    coord = coordinators("a", url + "&backoff_initial=0.05&backoff_max=0.2")
+    own = EventRecorder()
+    coord.subscribe(own)
+    coord.join("g", create=True)
+    lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    assert raw("DELETE", f"/{namespace}", recursive="true")[0] == 200
+    own.wait_for(_restored, timeout=20)
+    assert lease.lost.is_set()
+    assert coord.members("g") == {"a"}
+    assert coord.ask(Acquire("jobs"), block=True, timeout=10).fence > lease.fence
+
+
+def test_a_membership_removed_from_outside_fails_the_session_which_rejoins(coordinators, url, raw, namespace):
+    coord = coordinators("a", url + "&backoff_initial=0.05&backoff_max=0.2")
+    own = EventRecorder()
+    coord.subscribe(own)
+    coord.join("g", {"x": 1}, create=True)
+    assert raw("DELETE", f"/{namespace}/groups/g/a")[0] == 200
+    coord.tell(Heartbeat())
+    own.wait_for(_restored, timeout=20)
+    assert coord.members("g") == {"a"} and coord.capabilities("g", "a") == {"x": 1}
+
+
+def test_events_missed_beyond_etcds_history_are_reported_as_a_difference(coordinators, own_server, recorder):
+    namespace = f"h{uuid.uuid4().hex[:8]}"
+    url = f"{own_server.url}?namespace={namespace}&backoff_initial=1&backoff_max=1"
+    raw = Raw(own_server.host, own_server.port)
+    coord = coordinators("watcher", url)
+    coord.join("g", create=True)
+    coord.watch("g", recorder)
+    own = EventRecorder()
+    coord.subscribe(own)
+    coord.inject_failure("drill")  # reconnects after a second, then resumes from its last event
+    value = json.dumps({"caps": "null", "token": "x"})
+    assert raw("PUT", f"/{namespace}/groups/g/late", {"value": value, "prevExist": "false"})[0] == 201
+    for i in range(1100):  # etcd keeps the last 1000 events
+        raw("PUT", f"/{namespace}/filler", {"value": str(i)})
+    own.wait_for(_restored, timeout=20)
+    recorder.wait_for(lambda events: MemberJoined("g", "late") in events, timeout=10)
+    assert coord.members("g") == {"watcher", "late"}
+
+
+# -- bad input and foreign data ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query, part",
+    [
+        ("namespace=a/../b", "namespace"),
+        ("namespace=_hidden", "namespace"),
+        ("request_timeout=-1", "request_timeout"),
+        ("session_ttl=none", "session_ttl"),
+        ("bogus=1", "bogus"),
+    ],
+)
+def test_malformed_options_are_invalid_arguments_naming_them(etcd_server, query, part):
+    with pytest.raises(errors.InvalidArgument, match=part):
+        coordactors.connect(f"{etcd_server.url}?{query}", "a")
+
+
+@pytest.mark.parametrize("bad", ["etcd://127.0.0.1:2379/some/path", "etcd://127.0.0.1:notaport", "etcd:///nohost"])
+def test_malformed_urls_are_invalid_arguments(bad):
+    with pytest.raises(errors.InvalidArgument):
+        coordactors.connect(bad, "a")
+
+
+def test_an_unreachable_server_is_a_clear_backend_unavailable():
+    with pytest.raises(errors.BackendUnavailable, match="127.0.0.1:1"):
+        coordactors.connect("etcd://127.0.0.1:1?connect_timeout=1", "a")
+
+
+def test_a_server_without_the_v2_api_is_named_as_such():
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "19")
+            self.end_headers()
+            self.wfile.write(b"404 page not found\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(errors.BackendUnavailable, match="enable-v2"):
+            coordactors.connect(f"etcd://127.0.0.1:{server.server_port}?connect_timeout=2", "a")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_a_namespace_in_a_foreign_format_is_refused_and_left_untouched(etcd_server, raw, namespace):
+    assert raw("PUT", f"/{namespace}/groups", {"value": "not a directory"})[0] == 201
+    with pytest.raises(errors.InvalidArgument, match="format coordactors does not know") as caught:
+        coordactors.connect(f"{etcd_server.url}?namespace={namespace}", "a")
+    assert f"/{namespace}/groups" in str(caught.value)
+    assert raw("GET", f"/{namespace}/groups")[1]["node"]["value"] == "not a directory"
+
+
+def test_a_group_or_lock_in_a_foreign_format_is_refused_and_left_untouched(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    assert raw("PUT", f"/{namespace}/groups/g", {"value": "plain"})[0] == 201
+    assert raw("PUT", f"/{namespace}/locks/l", {"value": "plain"})[0] == 201
+    with pytest.raises(errors.InvalidArgument, match="format"):
+        coord.join("g", create=True)
+    with pytest.raises(errors.InvalidArgument, match="format"):
+        coord.ask(Acquire("l", timeout=0), block=True, timeout=10)
+    assert raw("GET", f"/{namespace}/groups/g")[1]["node"]["value"] == "plain"
+    assert raw("GET", f"/{namespace}/locks/l")[1]["node"]["value"] == "plain"
+    coord.join("fine", create=True)  # the session is still good
+
+
+def test_a_wrong_password_is_refused_without_showing_it(own_server):
+    raw = Raw(own_server.host, own_server.port)
+    status, _ = raw("PUT", "/users/root", json.dumps({"user": "root", "password": "RightPassword1"}), prefix="/v2/auth")
+    assert status in (200, 201), status
+    root = Raw(own_server.host, own_server.port, ("root", "RightPassword1"))
+    assert root("PUT", "/enable", prefix="/v2/auth")[0] in (200, 201)
+    try:
+        url = f"etcd://root:Sup3rSecretPw@{own_server.host}:{own_server.port}?namespace=a{uuid.uuid4().hex[:6]}&connect_timeout=2"
+        with pytest.raises(errors.BackendUnavailable) as caught:
+            coordactors.connect(url, "a")
+        assert "Sup3rSecretPw" not in str(caught.value) and "Sup3rSecretPw" not in repr(caught.value)
+        assert "credentials" in str(caught.value)
+        with coordactors.connect(url.replace("Sup3rSecretPw", "RightPassword1"), "a") as coord:
+            assert "RightPassword1" not in repr(coord)
+            coord.join("g", create=True)
+    finally:
+        root("DELETE", "/enable", prefix="/v2/auth")
+
+
+# -- resources ---------------------------------------------------------------------------------------------
+
+
+def test_one_kept_alive_connection_serves_every_request(coordinators, url):
+    coord = coordinators("a", url)
+    coord.join("g", create=True)
+    sock = _session(coord).conn.http._conn.sock
+    for _ in range(20):
+        coord.members("g")
+        coord.ask(Release(coord.ask(Acquire("l"), block=True, timeout=10)), block=True, timeout=10)
+    assert _session(coord).conn.http._conn.sock is sock
+
+
+def test_connect_stop_cycles_leave_no_thread_or_socket_behind(url):
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with coordactors.connect(url, "warmup") as coord:
+        coord.join("g", create=True)
+    before_threads, before_fds = set(threading.enumerate()), fds()
+    for i in range(200):
+        with coordactors.connect(url, f"m{i}") as coord:
+            coord.join("g", create=True)
+            coord.ask(Release(coord.ask(Acquire("l", timeout=5), block=True, timeout=10)), block=True, timeout=10)
+    wait_until(
+        lambda: set(threading.enumerate()) <= before_threads,
+        timeout=10,
+        message=lambda: f"left behind: {sorted(t.name for t in set(threading.enumerate()) - before_threads)}",
+    )
+    wait_until(lambda: fds() <= before_fds + 2, timeout=10, message=lambda: f"{fds()} fds open, {before_fds} before")
+
+
+def test_characteristics_make_no_linearizability_claim(coordinators, url):
+    coord = coordinators("a", url)
+    assert coord.characteristics == {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS}
