@@ -33,6 +33,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "kazoo": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "etcd": ("coordactors.backend_actors.etcd:EtcdSession", "etcd"),
+    "postgresql": ("coordactors.backend_actors.postgresql:PostgreSQLSession", "postgresql"),
+    "postgres": ("coordactors.backend_actors.postgresql:PostgreSQLSession", "postgresql"),
     "mysql": ("coordactors.backend_actors.mysql:MySQLSession", "mysql"),
     "etcd3+http": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),
     "etcd3": ("coordactors.backend_actors.etcd3:Etcd3Session", "etcd"),

@@ -1,0 +1,730 @@
+"""postgresql:// (alias postgres://): coordination through a PostgreSQL server (psycopg2).
+
+URL: ``postgresql://[user[:password]@]host[:port]/dbname[?options]`` (port
+5432 by default).  Options, besides the common ones:
+
+====================  ======================================================
+``namespace``         isolates all state: rows are keyed by it and lock keys
+                      hashed with it (default ``coordactors``)
+``table_prefix``      prefix of the tables, created on first use in the
+                      connection's ``current_schema()`` (default
+                      ``coordactors_``)
+``query_timeout``     seconds a statement may take before the connection is
+                      declared dead (default ``session_ttl / 2``, at most 5)
+``retry_interval``    seconds between retries of locks found taken (default
+                      1): how soon a lock freed by its holder's connection
+                      dying -- which sends no NOTIFY -- reaches its waiters
+====================  ======================================================
+
+``lease_ttl`` is not supported: a lock lives exactly as long as the
+session's connection.  ``session_ttl`` (default 30 s) is how long a member
+whose process died silently stays listed, and how long a holder cut off from
+the server keeps believing in its leases.
+
+Tables (``<p>`` is ``table_prefix``)::
+
+    <p>groups      (namespace, name)
+    <p>members     (namespace, grp, member, token, capabilities, expires)
+    <p>locks       (namespace, name, key, fence, holder, token, pid)
+    <p>namespaces  (namespace, seq)         -- the event log's counter
+    <p>events      (namespace, seq, grp, kind, member)
+
+Names are stored as ``text`` and always passed as query parameters, so any
+unicode name (quotes, '/', '..') is safe.  A table that exists with other
+columns (someone else's) is reported at connect and never touched.
+
+Mechanisms:
+
+* lock: ``pg_try_advisory_lock(key)`` on the session's connection -- never
+  the blocking form: waiting is the session actor's job, so a waiting acquire
+  does not stall the session's other requests.  ``key`` is a stable 64-bit
+  hash of (namespace, name); a collision only costs false contention, since
+  the real name is in the lock row.  **The fence** comes from the lock row,
+  upserted in the same statement as the grant (``fence = fence + 1``; a
+  missing row is seeded from :func:`~coordactors.backend_actors.base.fence_floor`,
+  so fences keep rising even if the tables are lost).  The row also records
+  the holder's member id and backend pid, and a holder is believed only while
+  ``pg_locks`` shows that pid holding the key.  A release NOTIFYs the
+  namespace's channel, which wakes waiters at once; a lock freed because its
+  holder's connection died (no NOTIFY) is retried every ``retry_interval``.
+* groups: a row per group and per membership; a membership carries an
+  ``expires`` (server clock, ``now() + session_ttl``) refreshed by the
+  heartbeat.  Every heartbeat reaps the namespace's expired members, with
+  their leave events.  A session whose own membership was reaped fails (and
+  is restored by the supervisor).
+* events: every change writes its events to ``<p>events`` in the same
+  transaction, numbered by a per-namespace counter row that the transaction
+  keeps locked until it commits -- so numbers are assigned in commit order
+  (a ``bigserial`` is not: a later id can commit first, and a reader going by
+  ``id > last_seen`` would skip the earlier one forever).  The transaction
+  then NOTIFYs.  A reader thread per session LISTENs on a dedicated
+  connection (``select()`` on its socket), reads ``seq > last_seen`` there on
+  each wake-up and hands the rows to the actor: events arrive complete and in
+  order.  Writers trim the log to ``EVENTS_KEPT`` entries.
+* failure: the reader sees the connection drop at once, and a statement that
+  hangs for ``query_timeout`` (a stopped server) gets its socket shut down by
+  a watchdog; either fails the session -- every lease gets ``LockLost`` --
+  and the supervisor reconnects and restores it.  There is no reconnect per
+  operation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import psycopg2  # type: ignore[import-untyped]
+import psycopg2.errors  # type: ignore[import-untyped]
+from psycopg2 import sql
+
+from coordactors import errors
+from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
+from coordactors.characteristics import Characteristics as C
+from coordactors.events import LeaderElected, MemberJoined, MemberLeft
+from coordactors.messages import Lease
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+from coordactors.urls import SessionOptions, seconds, text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PostgreSQLSession", "lock_key"]
+
+DEFAULT_PORT = 5432
+EVENTS_KEPT = 10_000
+"""Entries of a namespace's event log kept; older ones are trimmed by writers."""
+TRIM_EVERY = 256
+_SCHEMA_LOCK = 0x636F6F7264616374  # "coordact": serializes table creation across sessions
+
+# table -> {column: data_type as information_schema.columns spells it}
+SCHEMA: dict[str, dict[str, str]] = {
+    "groups": {"namespace": "text", "name": "text"},
+    "members": {"namespace": "text", "grp": "text", "member": "text", "token": "text", "capabilities": "text",
+                "expires": "timestamp with time zone"},
+    "locks": {"namespace": "text", "name": "text", "key": "bigint", "fence": "bigint", "holder": "text",
+              "token": "text", "pid": "integer"},
+    "namespaces": {"namespace": "text", "seq": "bigint"},
+    "events": {"namespace": "text", "seq": "bigint", "grp": "text", "kind": "text", "member": "text"},
+}
+_DDL = {
+    "groups": "CREATE TABLE IF NOT EXISTS {t} (namespace text NOT NULL, name text NOT NULL, PRIMARY KEY (namespace, name))",
+    "members": "CREATE TABLE IF NOT EXISTS {t} (namespace text NOT NULL, grp text NOT NULL, member text NOT NULL, "
+               "token text NOT NULL, capabilities text NOT NULL, expires timestamptz NOT NULL, "
+               "PRIMARY KEY (namespace, grp, member))",
+    "locks": "CREATE TABLE IF NOT EXISTS {t} (namespace text NOT NULL, name text NOT NULL, key bigint NOT NULL, "
+             "fence bigint NOT NULL, holder text, token text, pid integer, PRIMARY KEY (namespace, name))",
+    "namespaces": "CREATE TABLE IF NOT EXISTS {t} (namespace text PRIMARY KEY, seq bigint NOT NULL)",
+    "events": "CREATE TABLE IF NOT EXISTS {t} (namespace text NOT NULL, seq bigint NOT NULL, grp text NOT NULL, "
+              "kind text NOT NULL, member text NOT NULL, PRIMARY KEY (namespace, seq))",
+}
+
+# A bigint advisory key shows in pg_locks as classid (high half) and objid (low half), objsubid 1.
+_HELD = ("EXISTS (SELECT 1 FROM pg_locks p WHERE p.locktype = 'advisory' AND p.granted AND p.objsubid = 1 "
+         "AND p.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+         "AND p.pid = {pid} AND p.classid = ((l.key >> 32) & 4294967295)::oid AND p.objid = (l.key & 4294967295)::oid)")
+
+
+def lock_key(namespace: str, name: str) -> int:
+    """The advisory lock key of ``name`` in ``namespace``: a stable signed 64-bit hash."""
+    digest = hashlib.blake2b(f"{namespace}\x00{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _table_prefix(value: str, what: str) -> str:
+    if not value or len(value) > 40 or not (value[0].isascii() and (value[0].isalpha() or value[0] == "_")) or \
+            not all(c.isascii() and (c.isalnum() or c == "_") for c in value):
+        raise errors.InvalidArgument(f"option '{what}' must be up to 40 ASCII letters, digits or '_', not starting with a digit (got {value!r})")
+    return value.lower()
+
+
+class _Connection:
+    """The command connection, the listening connection and the reader thread."""
+
+    def __init__(self, cmd: Any, listen: Any, start_seq: int) -> None:
+        self.cmd = cmd
+        self.listen = listen
+        self.start_seq = start_seq
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.busy_since: float | None = None
+        self.timers: list[Any] = []
+
+
+def _shutdown(pgconn: Any) -> None:
+    """Shut down the socket under a psycopg2 connection: a blocked call on it returns at once."""
+    try:
+        fd = pgconn.fileno()
+        sock = socket.socket(fileno=os.dup(fd))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class PostgreSQLSession(SessionActor):
+    """Session of ``postgresql://``: advisory locks, tables and LISTEN/NOTIFY."""
+
+    # NON_TIMEOUT_BASED: the server frees an advisory lock the moment its connection ends.
+    CHARACTERISTICS = frozenset(
+        {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS, C.NON_TIMEOUT_BASED}
+    )
+    DEFAULTS: ClassVar[dict[str, Any]] = {"session_ttl": 30.0}
+    OPTIONS: ClassVar[dict[str, Callable[[str, str], Any]]] = {
+        "namespace": text, "table_prefix": _table_prefix, "query_timeout": seconds, "retry_interval": seconds,
+    }
+    LEASE_TTL = False
+
+    @classmethod
+    def check_location(cls, options: SessionOptions) -> None:
+        dbname = options.path.removeprefix("/")
+        if not dbname or "/" in dbname:
+            raise errors.InvalidArgument(f"the path of a postgresql:// URL is the database name, /dbname (got {options.path!r} in {options.redacted!r})")
+        if not options.host:
+            raise errors.InvalidArgument(f"a postgresql:// URL needs a host (got {options.redacted!r})")
+        if options.session_ttl is None:
+            raise errors.InvalidArgument("postgresql:// needs a session_ttl: memberships live by it")
+        if options.lease_ttl is not None:
+            raise errors.InvalidArgument(
+                "option 'lease_ttl' is not supported by postgresql://: a lock lives exactly as long as the session's connection"
+            )
+
+    # -- connection -------------------------------------------------------------
+
+    @property
+    def _query_timeout(self) -> float:
+        return self.options.extra.get("query_timeout") or min(5.0, (self.options.session_ttl or 10.0) / 2)
+
+    def _connect_one(self) -> Any:
+        options = self.options
+        conn = psycopg2.connect(
+            host=options.host, port=options.port or DEFAULT_PORT, dbname=options.path.lstrip("/"),
+            user=options.username or None, password=options.password or None,
+            # libpq counts whole seconds and treats less than 2 as 2.
+            connect_timeout=max(2, int(options.connect_timeout + 0.999)),
+            application_name=f"coordactors[{self.member_id}]"[:63],
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+        )
+        conn.autocommit = True
+        return conn
+
+    def open(self) -> _Connection:
+        extra = self.options.extra
+        ns, prefix = extra.get("namespace", "coordactors"), extra.get("table_prefix", "coordactors_")
+        opened: list[Any] = []
+        # The statements below get the same deadline as any other: a server
+        # that accepted the connection and then stopped answering must not
+        # hold this executor thread forever.
+        def cut_off() -> None:
+            for pgconn in opened:
+                _shutdown(pgconn)
+
+        guard = self.runtime.ticker.call_later(self._query_timeout + 2 * self.options.connect_timeout, cut_off)
+        try:
+            return self._open(ns, prefix, opened)
+        except BaseException:
+            for pgconn in opened:
+                pgconn.close()
+            raise
+        finally:
+            guard.cancel()
+
+    def _open(self, ns: str, prefix: str, opened: list[Any]) -> _Connection:
+        cmd = self._connect_one()
+        opened.append(cmd)
+        self._ensure_schema(cmd, prefix)
+        listen = self._connect_one()
+        opened.append(listen)
+        with listen.cursor() as cur:
+            cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel_of(ns))))
+            # After LISTEN: no event committed from now on can be missed.
+            cur.execute(sql.SQL("SELECT seq FROM {} WHERE namespace = %s").format(sql.Identifier(prefix + "namespaces")), (ns,))
+            row = cur.fetchone()
+        return _Connection(cmd, listen, row[0] if row else 0)
+
+    def _ensure_schema(self, conn: Any, prefix: str) -> None:
+        """Create the missing tables; refuse (touching nothing) if one exists in another format."""
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            try:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                cur.execute(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = ANY(%s)",
+                    ([prefix + t for t in SCHEMA],),
+                )
+                found: dict[str, dict[str, str]] = {}
+                for table, column, data_type in cur.fetchall():
+                    found.setdefault(table, {})[column] = data_type
+                for short, columns in SCHEMA.items():
+                    have = found.get(prefix + short)
+                    if have is not None and have != columns:
+                        raise errors.InvalidArgument(
+                            f"table {prefix + short!r} on {self.url} exists with columns {sorted(have)} -- not the format "
+                            f"coordactors uses ({sorted(columns)}); it was left untouched (choose another table_prefix)"
+                        )
+                for short in SCHEMA:
+                    if prefix + short not in found:
+                        cur.execute(sql.SQL(_DDL[short]).format(t=sql.Identifier(prefix + short)))
+                cur.execute("COMMIT")
+            except BaseException:
+                if not conn.closed:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except psycopg2.Error:
+                        pass
+                raise
+
+    @staticmethod
+    def _channel_of(namespace: str) -> str:
+        return "coordactors_" + hashlib.blake2b(namespace.encode(), digest_size=12).hexdigest()
+
+    def on_connected(self) -> None:
+        extra = self.options.extra
+        self._ns = extra.get("namespace", "coordactors")
+        prefix = extra.get("table_prefix", "coordactors_")
+        self._channel = self._channel_of(self._ns)
+        self._t = {short: sql.Identifier(prefix + short) for short in SCHEMA}
+        self._q: dict[str, Any] = {}
+        # A group's view (last event seq, members, leader) outlives the connection,
+        # so re-watching after a reconnect replays what happened in between.
+        watched = self.watched_groups
+        self._views: dict[str, list[Any]] = {g: v for g, v in getattr(self, "_views", {}).items() if g in watched}
+        self._written = 0
+        self._begin_pending = False
+        conn = self.conn
+        conn.thread = threading.Thread(target=self._follow, args=(conn, self._ns, conn.start_seq),
+                                       name=f"PostgreSQLEvents[{self.member_id}]", daemon=True)
+        conn.thread.start()
+        self._contended: set[str] = set()
+        timeout = self._query_timeout
+        ticker = self.runtime.ticker
+        conn.timers = [
+            ticker.every(max(0.05, timeout / 4), lambda: self._watch_dog(conn, timeout)),
+            ticker.every(self.options.extra.get("retry_interval", 1.0), lambda: self.run_on_actor(self._retry_contended, conn)),
+        ]
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.stopping.set()
+        for timer in conn.timers:
+            timer.cancel()
+        _shutdown(conn.listen)
+        if conn.thread is not None and conn.thread is not threading.current_thread():
+            conn.thread.join(5)
+        for pgconn in (conn.listen, conn.cmd):
+            try:
+                pgconn.close()
+            except Exception:
+                logger.debug("%r: closing a connection failed", self, exc_info=True)
+
+    @staticmethod
+    def _watch_dog(conn: _Connection, timeout: float) -> None:
+        """Ticker thread: a statement running past ``timeout`` means a server that stopped answering."""
+        since = conn.busy_since
+        if since is not None and time.monotonic() - since > timeout and not conn.stopping.is_set():
+            logger.warning("a statement ran for more than %.1fs: shutting the connection down", timeout)
+            _shutdown(conn.cmd)
+
+    # -- statements -------------------------------------------------------------
+
+    def _sql(self, template: str) -> Any:
+        """``template`` with ``{groups}``-style table names filled in (cached)."""
+        query = self._q.get(template)
+        if query is None:
+            query = self._q[template] = sql.SQL(template).format(**self._t).as_string(self.conn.cmd)
+        return query
+
+    def _run(self, template: str, params: Any = (), fetch: str = "all") -> Any:
+        """Run one statement (autocommit: one round trip, one transaction)."""
+        conn = self.conn
+        query = self._sql(template)
+        if self._begin_pending:
+            # BEGIN travels with the transaction's first statement: one round trip less.
+            query, self._begin_pending = "BEGIN; " + query, False
+        conn.busy_since = time.monotonic()
+        try:
+            with conn.cmd.cursor() as cur:
+                cur.execute(query, params)
+                if fetch == "one":
+                    return cur.fetchone()
+                if fetch == "all":
+                    return cur.fetchall()
+                return cur.rowcount
+        finally:
+            conn.busy_since = None
+
+    def _transaction(self, body: Any) -> Any:
+        """Run ``body()`` (whose statements use :meth:`_run`) in one transaction; ROLLBACK on error."""
+        conn = self.conn
+        self._begin_pending = True
+        try:
+            result = body()
+            if self._begin_pending:
+                self._begin_pending = False  # nothing was sent
+            else:
+                self._run("COMMIT", fetch="none")
+        except BaseException:
+            if self._begin_pending:
+                self._begin_pending = False
+            elif not conn.cmd.closed:
+                try:
+                    self._run("ROLLBACK", fetch="none")
+                except Exception:
+                    logger.debug("%r: ROLLBACK failed", self, exc_info=True)
+            raise
+        return result
+
+    def _append(self, events: list[tuple[str, str, str]]) -> None:
+        """Inside a transaction: log ``events`` (group, kind, member) and NOTIFY.
+
+        The counter row stays locked until commit, so numbers follow commit order."""
+        if not events:
+            return
+        self._run(
+            "WITH s AS (INSERT INTO {namespaces} (namespace, seq) VALUES (%(ns)s, %(n)s) "
+            "ON CONFLICT (namespace) DO UPDATE SET seq = {namespaces}.seq + EXCLUDED.seq RETURNING seq), "
+            "e AS (INSERT INTO {events} (namespace, seq, grp, kind, member) "
+            "SELECT %(ns)s, s.seq - %(n)s + u.ord, u.g, u.k, u.m FROM s, "
+            "unnest(%(g)s::text[], %(k)s::text[], %(m)s::text[]) WITH ORDINALITY AS u(g, k, m, ord) RETURNING 1) "
+            "SELECT pg_notify(%(ch)s, 'e'), (SELECT count(*) FROM e), (SELECT seq FROM s)",
+            {"ns": self._ns, "n": len(events), "g": [e[0] for e in events], "k": [e[1] for e in events],
+             "m": [e[2] for e in events], "ch": self._channel},
+        )
+        self._written += len(events)
+        if self._written >= TRIM_EVERY:
+            self._written = 0
+            self._run("DELETE FROM {events} WHERE namespace = %(ns)s AND seq <= "
+                      "(SELECT seq FROM {namespaces} WHERE namespace = %(ns)s) - %(kept)s",
+                      {"ns": self._ns, "kept": EVENTS_KEPT}, fetch="none")
+
+    def _reap(self, group: str | None = None) -> list[tuple[str, str, str]]:
+        """Inside a transaction: delete expired memberships (of ``group``, or all); their leave events."""
+        # SKIP LOCKED: rows another transaction is reaping (or their owner
+        # refreshing) are left to it -- two reapers never wait on each other.
+        rows = self._run(
+            "DELETE FROM {members} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {members} WHERE namespace = %s AND expires < now() "
+            "AND (%s::text IS NULL OR grp = %s) FOR UPDATE SKIP LOCKED)) RETURNING grp, member",
+            (self._ns, group, group),
+        )
+        return [(grp, "leave", member) for grp, member in sorted(rows)]
+
+    def _group_exists(self, group: str, lock: str = "") -> bool:
+        return self._run("SELECT 1 FROM {groups} WHERE namespace = %s AND name = %s" + lock, (self._ns, group), fetch="one") is not None
+
+    # -- groups -----------------------------------------------------------------
+
+    def do_create_group(self, group: str) -> None:
+        if not self._run("INSERT INTO {groups} VALUES (%s, %s) ON CONFLICT DO NOTHING", (self._ns, group), fetch="none"):
+            raise errors.GroupAlreadyExists(f"cannot create group {group!r}: it exists already")
+
+    def do_delete_group(self, group: str) -> None:
+        def body() -> None:
+            if not self._group_exists(group, " FOR UPDATE"):
+                raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
+            self._append(self._reap(group))
+            if self._run("SELECT 1 FROM {members} WHERE namespace = %s AND grp = %s LIMIT 1", (self._ns, group), fetch="one"):
+                raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it still has members")
+            self._run("DELETE FROM {groups} WHERE namespace = %s AND name = %s", (self._ns, group), fetch="none")
+        self._transaction(body)
+
+    def do_get_groups(self) -> frozenset[str]:
+        return frozenset(r[0] for r in self._run("SELECT name FROM {groups} WHERE namespace = %s", (self._ns,)))
+
+    def do_group_exists(self, group: str) -> bool:
+        return self._group_exists(group)
+
+    def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
+        def body() -> None:
+            if create:
+                self._run("INSERT INTO {groups} VALUES (%s, %s) ON CONFLICT DO NOTHING", (self._ns, group), fetch="none")
+            if not self._group_exists(group, " FOR SHARE"):
+                raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
+            events = self._reap(group)
+            joined = self._run(
+                "INSERT INTO {members} VALUES (%s, %s, %s, %s, %s, now() + %s * interval '1 second') ON CONFLICT DO NOTHING",
+                (self._ns, group, self.member_id, self.session_token, capabilities_json, self.options.session_ttl), fetch="none",
+            )
+            if not joined:
+                self._append(events)
+                raise errors.MemberAlreadyJoined(f"cannot join {group!r}: member {self.member_id!r} is already a member")
+            self._append([*events, (group, "join", self.member_id)])
+        self._transaction(body)
+
+    def do_leave(self, group: str) -> None:
+        def body() -> bool:
+            if not self._group_exists(group, " FOR SHARE"):
+                raise errors.GroupNotFound(f"cannot leave {group!r}: no such group")
+            events = self._reap(group)
+            left = self._run("DELETE FROM {members} WHERE namespace = %s AND grp = %s AND member = %s",
+                             (self._ns, group, self.member_id), fetch="none")
+            if left:
+                events.append((group, "leave", self.member_id))
+            self._append(events)
+            return bool(left)
+        if not self._transaction(body):
+            raise errors.MemberNotJoined(f"cannot leave {group!r}: member {self.member_id!r} has not joined it")
+
+    def do_get_members(self, group: str) -> frozenset[str]:
+        rows = self._run(
+            "SELECT m.member FROM {groups} g LEFT JOIN {members} m ON m.namespace = g.namespace AND m.grp = g.name "
+            "AND m.expires > now() WHERE g.namespace = %s AND g.name = %s",
+            (self._ns, group),
+        )
+        if not rows:
+            raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group")
+        return frozenset(r[0] for r in rows if r[0] is not None)
+
+    def do_get_capabilities(self, group: str, member: str) -> str:
+        row = self._run(
+            "SELECT (SELECT capabilities FROM {members} WHERE namespace = %s AND grp = %s AND member = %s AND expires > now()) "
+            "FROM {groups} WHERE namespace = %s AND name = %s",
+            (self._ns, group, member, self._ns, group), fetch="one",
+        )
+        if row is None:
+            raise errors.GroupNotFound(f"cannot read capabilities in {group!r}: no such group")
+        if row[0] is None:
+            raise errors.MemberNotJoined(f"cannot read capabilities of {member!r} in {group!r}: not a member")
+        return str(row[0])
+
+    def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
+        # Also takes over a membership an earlier connection of this session left behind.
+        updated = self._run(
+            "WITH u AS (UPDATE {members} SET capabilities = %(c)s, token = %(tok)s, "
+            "expires = now() + %(ttl)s * interval '1 second' "
+            "WHERE namespace = %(ns)s AND grp = %(g)s AND member = %(m)s AND expires > now() RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM {groups} WHERE namespace = %(ns)s AND name = %(g)s), (SELECT count(*) FROM u)",
+            {"c": capabilities_json, "tok": self.session_token, "ttl": self.options.session_ttl, "ns": self._ns,
+             "g": group, "m": self.member_id},
+            fetch="one",
+        )
+        if not updated[0]:
+            raise errors.GroupNotFound(f"cannot update capabilities in {group!r}: no such group")
+        if not updated[1]:
+            raise errors.MemberNotJoined(f"cannot update capabilities in {group!r}: member {self.member_id!r} has not joined it")
+
+    # -- locks ------------------------------------------------------------------
+
+    def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        key = lock_key(self._ns, name)
+        grant = (
+            "WITH l AS (SELECT pg_try_advisory_lock(%(key)s) AS ok) "
+            "INSERT INTO {locks} AS k (namespace, name, key, fence, holder, token, pid) "
+            "SELECT %(ns)s, %(name)s, %(key)s, %(floor)s, %(m)s, %(tok)s, pg_backend_pid() FROM l WHERE l.ok "
+            "ON CONFLICT (namespace, name) DO UPDATE SET fence = k.fence + 1, key = EXCLUDED.key, "
+            "holder = EXCLUDED.holder, token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING fence"
+        )
+        params = {"key": key, "ns": self._ns, "name": name, "floor": fence_floor(), "m": self.member_id, "tok": self.session_token}
+        leader = name.startswith(RESERVED_LOCK_PREFIX)
+        try:
+            if leader:
+                def body() -> Any:
+                    row = self._run(grant, params, fetch="one")
+                    if row is not None:
+                        self._append([(name[len(RESERVED_LOCK_PREFIX):], "leader", self.member_id)])
+                    return row
+                row = self._transaction(body)
+            else:
+                row = self._run(grant, params, fetch="one")
+        except psycopg2.OperationalError:
+            raise
+        except Exception:
+            # The advisory lock outlives a failed statement: give it back.
+            if not self.conn.cmd.closed:
+                try:
+                    self._run("SELECT pg_advisory_unlock(%s)", (key,), fetch="none")
+                except Exception:
+                    logger.debug("%r: could not give back the advisory lock of %r", self, name, exc_info=True)
+            raise
+        if row is None:
+            self._contended.add(name)
+            return None
+        self._contended.discard(name)
+        return int(row[0])
+
+    def _retry_contended(self, conn: _Connection) -> None:
+        """Actor thread, every ``retry_interval``: try again the locks found taken.
+
+        A release NOTIFYs, but a holder whose connection died frees its locks
+        silently; this is how its waiters (and campaigners) notice."""
+        if conn is self.conn and self._contended:
+            names, self._contended = self._contended, set()
+            self.wake(sorted(names))
+
+    def do_release(self, name: str, fence: int) -> bool:
+        row = self._run(
+            "WITH r AS (UPDATE {locks} SET holder = NULL, token = NULL, pid = NULL WHERE namespace = %(ns)s AND name = %(name)s "
+            "AND fence = %(fence)s AND token = %(tok)s AND pid = pg_backend_pid() RETURNING key) "
+            "SELECT (SELECT pg_advisory_unlock(key) FROM r), (SELECT pg_notify(%(ch)s, 'f' || %(name)s) FROM r)",
+            {"ns": self._ns, "name": name, "fence": fence, "tok": self.session_token, "ch": self._channel},
+            fetch="one",
+        )
+        return bool(row and row[0])
+
+    def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        # The connection lives (this statement ran on it), so its advisory locks do too;
+        # check that each lease's row is still ours and its key still held by us.
+        rows = self._run(
+            "SELECT l.name, l.fence FROM {locks} l WHERE l.namespace = %s AND l.name = ANY(%s) AND l.token = %s "
+            "AND l.pid = pg_backend_pid() AND " + _HELD.format(pid="pg_backend_pid()"),
+            (self._ns, [lease.name for lease in leases], self.session_token),
+        )
+        held = {(name, int(fence)) for name, fence in rows}
+        return {(lease.name, lease.fence) for lease in leases} - held
+
+    def do_lock_holder(self, name: str) -> str | None:
+        row = self._run(
+            "SELECT l.holder FROM {locks} l WHERE l.namespace = %s AND l.name = %s AND l.holder IS NOT NULL AND "
+            + _HELD.format(pid="l.pid"),
+            (self._ns, name), fetch="one",
+        )
+        return None if row is None else row[0]
+
+    # -- liveness ---------------------------------------------------------------
+
+    def do_heartbeat(self) -> None:
+        row = self._run(
+            "WITH u AS (UPDATE {members} SET expires = now() + %(ttl)s * interval '1 second' "
+            "WHERE namespace = %(ns)s AND member = %(m)s AND token = %(tok)s AND expires > now() RETURNING grp) "
+            "SELECT ARRAY(SELECT grp FROM u), EXISTS (SELECT 1 FROM {members} WHERE namespace = %(ns)s AND expires < now())",
+            {"ttl": self.options.session_ttl, "ns": self._ns, "m": self.member_id, "tok": self.session_token},
+            fetch="one",
+        )
+        refreshed, dead = set(row[0]), row[1]
+        if dead:
+            self._transaction(lambda: self._append(self._reap()))
+        missing = set(self._joined) - refreshed
+        if missing:
+            raise errors.BackendUnavailable(
+                f"the session of {self.member_id!r} on {self.url} expired: its membership of {sorted(missing)} was reaped after session_ttl"
+            )
+
+    def do_shutdown(self) -> None:
+        pass
+
+    # -- events -----------------------------------------------------------------
+
+    def do_watch(self, group: str) -> None:
+        row = self._run(
+            "SELECT COALESCE((SELECT seq FROM {namespaces} WHERE namespace = %(ns)s), 0), "
+            "ARRAY(SELECT member FROM {members} WHERE namespace = %(ns)s AND grp = %(g)s AND expires > now()), "
+            "(SELECT l.holder FROM {locks} l WHERE l.namespace = %(ns)s AND l.name = %(lock)s AND l.holder IS NOT NULL AND "
+            + _HELD.format(pid="l.pid") + ")",
+            {"ns": self._ns, "g": group, "lock": leader_lock_name(group)}, fetch="one",
+        )
+        seq, members, leader = int(row[0]), set(row[1]), row[2]
+        old = self._views.get(group)
+        if old is not None:
+            # Re-watched after a reconnect: replay the log from where this view
+            # stopped, then report whatever the log no longer holds as a diff.
+            if old[0] < seq:
+                rows = self._run("SELECT seq, grp, kind, member FROM {events} WHERE namespace = %s AND grp = %s "
+                                 "AND seq > %s AND seq <= %s ORDER BY seq", (self._ns, group, old[0], seq))
+                for entry in rows:
+                    self._apply(old, *entry)
+            for member in sorted(old[1] - members):
+                self.emit(MemberLeft(group, member))
+            for member in sorted(members - old[1]):
+                self.emit(MemberJoined(group, member))
+            if leader is not None and leader != old[2]:
+                self.emit(LeaderElected(group, leader))
+        self._views[group] = [seq, members, leader]
+
+    def do_unwatch(self, group: str) -> None:
+        self._views.pop(group, None)
+
+    def _follow(self, conn: _Connection, namespace: str, last_seq: int) -> None:
+        """Reader thread: wait for notifications on the listening connection, read new events, hand them over."""
+        listen = conn.listen
+        query = sql.SQL("SELECT seq, grp, kind, member FROM {} WHERE namespace = %s AND seq > %s ORDER BY seq").format(
+            sql.Identifier(self.options.extra.get("table_prefix", "coordactors_") + "events")).as_string(listen)
+        try:
+            fd = listen.fileno()
+            while not conn.stopping.is_set():
+                readable, _, _ = select.select([fd], [], [], 1.0)
+                if conn.stopping.is_set():
+                    return
+                if not readable:
+                    continue
+                listen.poll()
+                notes, listen.notifies[:] = list(listen.notifies), []
+                freed = sorted({n.payload[1:] for n in notes if n.payload.startswith("f")})
+                if freed:
+                    self.run_on_actor(self._on_freed, conn, freed)
+                if any(n.payload == "e" for n in notes):
+                    with listen.cursor() as cur:
+                        cur.execute(query, (namespace, last_seq))
+                        rows = cur.fetchall()
+                    if rows:
+                        last_seq = rows[-1][0]
+                        self.run_on_actor(self._on_events, conn, rows)
+                if listen.closed:
+                    raise psycopg2.OperationalError("the listening connection closed")
+        except Exception as exc:  # noqa: BLE001 - any failure here ends the session
+            if not conn.stopping.is_set():
+                self.run_on_actor(self._reader_failed, conn, exc)
+
+    def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
+        if conn is self.conn:
+            raise errors.BackendUnavailable(f"lost the LISTEN connection to {self.url}: {self._scrub(str(exc))}")
+
+    def _on_freed(self, conn: _Connection, names: list[str]) -> None:
+        if conn is self.conn:
+            self.wake(names)
+
+    def _on_events(self, conn: _Connection, rows: list[tuple[int, str, str, str]]) -> None:
+        if conn is not self.conn:
+            return
+        for seq, group, kind, member in rows:
+            view = self._views.get(group)
+            if view is not None:
+                self._apply(view, seq, group, kind, member)
+
+    def _apply(self, view: list[Any], seq: int, group: str, kind: str, member: str) -> None:
+        """Apply one logged event to a group's view, emitting it if it is news."""
+        if seq > view[0]:
+            view[0] = seq
+            if kind == "join" and member not in view[1]:
+                view[1].add(member)
+                self.emit(MemberJoined(group, member))
+            elif kind == "leave" and member in view[1]:
+                view[1].discard(member)
+                self.emit(MemberLeft(group, member))
+            elif kind == "leader" and member != view[2]:
+                view[2] = member
+                self.emit(LeaderElected(group, member))
+
+    # -- errors -----------------------------------------------------------------
+
+    def _scrub(self, message: str) -> str:
+        password = self.options.password
+        return message.replace(password, "***") if password else message
+
+    def translate_error(self, exc: BaseException) -> errors.CoordinationError:
+        message = self._scrub(str(exc).strip())
+        if isinstance(exc, psycopg2.OperationalError) and not isinstance(exc, psycopg2.errors.QueryCanceled):
+            if "password authentication failed" in message or "authentication failed" in message:
+                return errors.BackendUnavailable(f"{self.url} refused the credentials (authentication failed)")
+            if "does not exist" in message:
+                return errors.BackendUnavailable(f"{self.url} refused the connection: {message}")
+            return errors.BackendUnavailable(f"{self.url} is unreachable: {message}")
+        if isinstance(exc, (psycopg2.InterfaceError, psycopg2.errors.AdminShutdown, psycopg2.errors.QueryCanceled)):
+            return errors.BackendUnavailable(f"the connection to {self.url} failed: {message}")
+        if isinstance(exc, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn, psycopg2.errors.DatatypeMismatch)):
+            return errors.InvalidArgument(f"the coordactors tables on {self.url} are missing or in another format: {message}")
+        if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+            return errors.InvalidArgument(f"{self.url} refused: {message}")
+        if isinstance(exc, psycopg2.Error):
+            return errors.BackendUnavailable(f"{self.url} failed: {message}")
+        return super().translate_error(exc)
