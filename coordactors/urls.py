@@ -33,6 +33,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "zookeeper": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "kazoo": ("coordactors.backend_actors.zookeeper:ZooKeeperSession", "zookeeper"),
     "etcd": ("coordactors.backend_actors.etcd:EtcdSession", "etcd"),
+    "consul": ("coordactors.backend_actors.consul:ConsulSession", "consul"),
     "postgresql": ("coordactors.backend_actors.postgresql:PostgreSQLSession", "postgresql"),
     "postgres": ("coordactors.backend_actors.postgresql:PostgreSQLSession", "postgresql"),
     "mysql": ("coordactors.backend_actors.mysql:MySQLSession", "mysql"),

@@ -26,6 +26,7 @@ from typing import TypeVar, cast
 
 import pytest
 
+from coordactors.testing.fake_consul import FakeConsulAgent
 from coordactors.testing.servers import (
     EtcdServer,
     MariaDBServer,
@@ -119,6 +120,13 @@ def postgres_server() -> Iterator[PostgresServer]:
 def mariadb_server() -> Iterator[MariaDBServer]:
     """A private MariaDB for the session (``mysql://root@127.0.0.1:P/test``)."""
     yield from _session_server(MariaDBServer)
+
+
+@pytest.fixture(scope="session")
+def consul_agent() -> Iterator[FakeConsulAgent]:
+    """An in-process fake Consul agent for the session (``consul://127.0.0.1:P``; see fake_consul for its limits)."""
+    with FakeConsulAgent() as agent:
+        yield agent
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,0 +1,605 @@
+"""A fake Consul agent: the slice of Consul's HTTP API that ``consul://`` uses.
+
+No Consul server can be installed where coordactors is tested, so the
+``consul://`` backend is tested against this in-process stand-in::
+
+    with FakeConsulAgent() as agent:
+        coordactors.connect(agent.url, "me")      # consul://127.0.0.1:PORT
+
+It is a :class:`http.server.ThreadingHTTPServer` on 127.0.0.1 (a free port)
+serving from a daemon thread, with a reaper thread that expires sessions.
+``stop()`` closes the listening socket and joins both threads.
+
+Endpoints, with Consul's documented semantics:
+
+* ``PUT /v1/session/create`` (``Name``, ``TTL`` 10s..24h, ``Behavior``
+  ``release``/``delete``, ``LockDelay``, default 15s) -> ``{"ID": ...}``;
+  ``PUT /v1/session/renew/<id>`` (404 once the session is gone);
+  ``PUT /v1/session/destroy/<id>``; ``GET /v1/session/info/<id>``.
+* ``GET /v1/kv/<key>`` (``recurse``, ``keys``, blocking ``index``/``wait``,
+  ``X-Consul-Index``, 404 for nothing), ``PUT`` (``acquire``, ``release``,
+  ``cas``, ``flags``; body = value; answers ``true``/``false``), ``DELETE``
+  (``recurse``, ``cas``).  Entries carry ``CreateIndex``, ``ModifyIndex``,
+  ``LockIndex``, ``Flags``, ``Key``, ``Value`` (base64) and ``Session``.
+* ``PUT /v1/txn``: KV verbs ``set``, ``cas``, ``lock``, ``unlock``, ``get``,
+  ``get-tree``, ``check-index``, ``check-session``, ``check-not-exists``,
+  ``delete``, ``delete-tree``, ``delete-cas``; all or nothing, one index for
+  the whole transaction; 409 with ``Errors`` (``OpIndex``, ``What``).
+* ACLs, only as far as a wrong token goes: ``FakeConsulAgent(token=...)``
+  answers 403 ``ACL not found`` to a request without that token.
+
+One raft-like index for the whole store, incremented once per write (or
+transaction).  A session not renewed within its TTL is invalidated (the
+reaper checks every 20 ms) and its Behavior applied to the keys it holds;
+those keys then refuse acquisition for the session's LockDelay.
+
+Fidelity limits -- what a real agent does and this fake does not:
+
+* One node, one datacenter, no raft: no ``stale``/``consistent`` modes, no
+  leader elections, no data loss; the store outlives ``stop()``/``start()``
+  (same port) but not the object.
+* A session expires at exactly its TTL (Consul waits up to 2x TTL); there are
+  no health checks (``serfHealth``) and no node sessions.  ``min_ttl`` (default
+  10 s, Consul's limit) can be lowered so tests can watch expiry quickly.
+* A blocking query waits on the index of its key prefix (the highest
+  ``ModifyIndex`` under it, or of a delete under it) and returns early at
+  ``stop()``; there is no jitter of wait/16 and ``wait`` is capped at 10 min.
+* Only the endpoints above; no ``separator``, ``dc``, ``ns``, ``partition``,
+  ``raw``, filtering, or ACL policies; values are bytes, keys are whatever
+  the URL path decodes to.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+__all__ = ["FakeConsulAgent"]
+
+_DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: Any) -> float:
+    """A Go duration ("15s", "1.5s", "100ms") or a number of nanoseconds, in seconds."""
+    if isinstance(text, (int, float)):
+        return float(text) / 1e9
+    parts = _DURATION.findall(str(text))
+    if not parts or "".join(n + u for n, u in parts) != str(text):
+        raise ValueError(f"invalid duration {text!r}")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+class _Conflict(Exception):
+    """A transaction operation failed: roll back, answer 409."""
+
+
+class _Entry:
+    __slots__ = ("create_index", "flags", "key", "lock_index", "modify_index", "session", "value")
+
+    def __init__(self, key: str, value: bytes, flags: int, index: int) -> None:
+        self.key = key
+        self.value = value
+        self.flags = flags
+        self.create_index = index
+        self.modify_index = index
+        self.lock_index = 0
+        self.session: str | None = None
+
+    def copy(self) -> _Entry:
+        clone = _Entry(self.key, self.value, self.flags, self.create_index)
+        clone.modify_index, clone.lock_index, clone.session = self.modify_index, self.lock_index, self.session
+        return clone
+
+    def json(self, with_value: bool = True) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "LockIndex": self.lock_index,
+            "Key": self.key,
+            "Flags": self.flags,
+            "Value": (base64.b64encode(self.value).decode() if self.value else None) if with_value else None,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+        if self.session:
+            entry["Session"] = self.session
+        return entry
+
+
+class _Session:
+    __slots__ = ("behavior", "create_index", "expires_at", "id", "lock_delay", "name", "ttl")
+
+    def __init__(self, name: str, ttl: float | None, behavior: str, lock_delay: float, index: int) -> None:
+        self.id = str(uuid.uuid4())
+        self.name = name
+        self.ttl = ttl
+        self.behavior = behavior
+        self.lock_delay = lock_delay
+        self.create_index = index
+        self.expires_at = None if ttl is None else time.monotonic() + ttl
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "ID": self.id,
+            "Name": self.name,
+            "Node": "fake-consul",
+            "LockDelay": int(self.lock_delay * 1e9),
+            "Behavior": self.behavior,
+            "TTL": "" if self.ttl is None else f"{self.ttl:g}s",
+            "NodeChecks": ["serfHealth"],
+            "ServiceChecks": None,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.create_index,
+        }
+
+
+class _Store:
+    """The KV store and sessions, under one condition variable."""
+
+    def __init__(self, min_ttl: float) -> None:
+        self.min_ttl = min_ttl
+        self.cond = threading.Condition()
+        self.index = 1
+        self.kv: dict[str, _Entry] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.tombstones: dict[str, int] = {}
+        self.lock_delay_until: dict[str, float] = {}
+        self.stopping = False
+
+    # -- indexes -------------------------------------------------------------
+
+    def prefix_index(self, prefix: str, exact: bool) -> int:
+        if exact:
+            candidates = [e.modify_index for k, e in self.kv.items() if k == prefix]
+            candidates += [i for k, i in self.tombstones.items() if k == prefix]
+        else:
+            candidates = [e.modify_index for k, e in self.kv.items() if k.startswith(prefix)]
+            candidates += [i for k, i in self.tombstones.items() if k.startswith(prefix)]
+        return max(candidates, default=1)
+
+    def _bump(self) -> int:
+        self.index += 1
+        return self.index
+
+    # -- sessions ------------------------------------------------------------
+
+    def expire_sessions(self) -> None:
+        now = time.monotonic()
+        expired = [s for s in self.sessions.values() if s.expires_at is not None and s.expires_at <= now]
+        if expired:
+            index = self._bump()
+            for session in expired:
+                self._invalidate(session, index)
+            self.cond.notify_all()
+
+    def _invalidate(self, session: _Session, index: int) -> None:
+        self.sessions.pop(session.id, None)
+        until = time.monotonic() + session.lock_delay
+        for key, entry in list(self.kv.items()):
+            if entry.session != session.id:
+                continue
+            if session.lock_delay > 0:
+                self.lock_delay_until[key] = until
+            if session.behavior == "delete":
+                del self.kv[key]
+                self.tombstones[key] = index
+            else:
+                entry.session = None
+                entry.modify_index = index
+
+    # -- KV primitives (caller holds cond; ``index`` is this write's index) ---
+
+    def _set(self, key: str, value: bytes, flags: int, index: int) -> _Entry:
+        entry = self.kv.get(key)
+        if entry is None:
+            entry = self.kv[key] = _Entry(key, value, flags, index)
+            self.tombstones.pop(key, None)
+        else:
+            entry.value, entry.flags, entry.modify_index = value, flags, index
+        return entry
+
+    def _acquire(self, key: str, value: bytes, flags: int, session_id: str, index: int) -> _Entry | None:
+        if session_id not in self.sessions:
+            raise ValueError(f"invalid session {session_id!r}")
+        entry = self.kv.get(key)
+        if entry is not None and entry.session and entry.session != session_id:
+            return None
+        if entry is None or entry.session != session_id:
+            if self.lock_delay_until.get(key, 0) > time.monotonic():
+                return None
+            self.lock_delay_until.pop(key, None)
+        was_ours = entry is not None and entry.session == session_id
+        entry = self._set(key, value, flags, index)
+        if not was_ours:
+            entry.lock_index += 1
+            entry.session = session_id
+        return entry
+
+    def _release(self, key: str, value: bytes, flags: int, session_id: str, index: int) -> _Entry | None:
+        entry = self.kv.get(key)
+        if entry is None or entry.session != session_id:
+            return None
+        entry = self._set(key, value, flags, index)
+        entry.session = None
+        return entry
+
+    def _delete(self, key: str, index: int) -> None:
+        if self.kv.pop(key, None) is not None:
+            self.tombstones[key] = index
+
+    def _delete_tree(self, prefix: str, index: int) -> None:
+        for key in [k for k in self.kv if k.startswith(prefix)]:
+            self._delete(key, index)
+
+    # -- transactions --------------------------------------------------------
+
+    def txn(self, ops: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        with self.cond:
+            self.expire_sessions()
+            saved = ({k: e.copy() for k, e in self.kv.items()}, dict(self.tombstones), dict(self.lock_delay_until))
+            index = self.index + 1
+            results: list[dict[str, Any]] = []
+            wrote = False
+            for position, op in enumerate(ops):
+                try:
+                    kv = op["KV"]
+                    result, writes = self._txn_op(kv, index)
+                except _Conflict as exc:
+                    self.kv, self.tombstones, self.lock_delay_until = saved
+                    return 409, {"Results": None, "Errors": [{"OpIndex": position, "What": str(exc)}]}
+                except (KeyError, TypeError, ValueError) as exc:
+                    self.kv, self.tombstones, self.lock_delay_until = saved
+                    return 400, {"Results": None, "Errors": [{"OpIndex": position, "What": f"invalid operation: {exc}"}]}
+                wrote = wrote or writes
+                if result is not None:
+                    results.extend({"KV": e} for e in result)
+            if wrote:
+                self.index = index
+                self.cond.notify_all()
+            return 200, {"Results": results, "Errors": None}
+
+    def _txn_op(self, kv: dict[str, Any], index: int) -> tuple[list[dict[str, Any]] | None, bool]:
+        verb, key = kv["Verb"], kv["Key"]
+        value = base64.b64decode(kv.get("Value") or "")
+        flags = int(kv.get("Flags") or 0)
+        entry = self.kv.get(key)
+        if verb == "set":
+            return [self._set(key, value, flags, index).json(False)], True
+        if verb == "cas":
+            want = int(kv.get("Index") or 0)
+            if (want == 0 and entry is not None) or (want != 0 and (entry is None or entry.modify_index != want)):
+                raise _Conflict(f'failed to set key "{key}", index is stale')
+            return [self._set(key, value, flags, index).json(False)], True
+        if verb == "lock":
+            try:
+                locked = self._acquire(key, value, flags, kv.get("Session") or "", index)
+            except ValueError as exc:
+                raise _Conflict(f'failed to lock key "{key}": {exc}') from None
+            if locked is None:
+                raise _Conflict(f'failed to lock key "{key}", lock is already held')
+            return [locked.json(False)], True
+        if verb == "unlock":
+            released = self._release(key, value, flags, kv.get("Session") or "", index)
+            if released is None:
+                raise _Conflict(f'failed to unlock key "{key}", lock is not held by the session')
+            return [released.json(False)], True
+        if verb == "get":
+            if entry is None:
+                raise _Conflict(f'key "{key}" does not exist')
+            return [entry.json()], False
+        if verb == "get-tree":
+            return [e.json() for k, e in sorted(self.kv.items()) if k.startswith(key)], False
+        if verb == "check-index":
+            if entry is None or entry.modify_index != int(kv.get("Index") or 0):
+                raise _Conflict(f'current modify index {entry.modify_index if entry else 0} != {kv.get("Index")} for key "{key}"')
+            return [entry.json(False)], False
+        if verb == "check-session":
+            if entry is None or entry.session != kv.get("Session"):
+                raise _Conflict(f'key "{key}" is not locked by session "{kv.get("Session")}"')
+            return [entry.json(False)], False
+        if verb == "check-not-exists":
+            if entry is not None:
+                raise _Conflict(f'key "{key}" exists')
+            return None, False
+        if verb == "delete":
+            self._delete(key, index)
+            return None, True
+        if verb == "delete-tree":
+            self._delete_tree(key, index)
+            return None, True
+        if verb == "delete-cas":
+            if entry is None or entry.modify_index != int(kv.get("Index") or 0):
+                raise _Conflict(f'failed to delete key "{key}", index is stale')
+            self._delete(key, index)
+            return None, True
+        raise ValueError(f"unknown KV verb {verb!r}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass  # stop() shut the socket down under us
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _reply(self, code: int, body: Any, index: int | None = None, raw: bool = False) -> None:
+        data = (body if isinstance(body, bytes) else body.encode()) if raw else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain; charset=utf-8" if raw else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if index is not None:
+            self.send_header("X-Consul-Index", str(index))
+            self.send_header("X-Consul-KnownLeader", "true")
+            self.send_header("X-Consul-LastContact", "0")
+        # Headers and body in one write: two small writes meet the client's
+        # delayed ACK and cost 40 ms per request.
+        self._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+        self.flush_headers()
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _route(self, method: str) -> None:
+        split = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(split.path)
+        params = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
+        body = self._body()
+        server = self.server
+        if server.token is not None and self.headers.get("X-Consul-Token") != server.token:
+            self._reply(403, "ACL not found", raw=True)
+            return
+        try:
+            if path.startswith("/v1/kv/"):
+                self._kv(method, path[len("/v1/kv/"):], params, body)
+            elif path.startswith("/v1/session/"):
+                self._session(method, path[len("/v1/session/"):], body)
+            elif path == "/v1/txn" and method == "PUT":
+                code, answer = server.store.txn(json.loads(body or b"[]"))
+                self._reply(code, answer, index=server.store.index)
+            else:
+                self._reply(404, f"no handler for {method} {path}", raw=True)
+        except ValueError as exc:
+            self._reply(400, f"Bad request: {exc}", raw=True)
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    # -- sessions ----------------------------------------------------------------
+
+    def _session(self, method: str, rest: str, body: bytes) -> None:
+        store = self.server.store
+        action, _, session_id = rest.partition("/")
+        with store.cond:
+            store.expire_sessions()
+            if action == "create" and method == "PUT":
+                spec = {k.lower(): v for k, v in (json.loads(body) if body.strip() else {}).items()}
+                ttl = _duration(spec["ttl"]) if spec.get("ttl") else None
+                if ttl is not None and not store.min_ttl <= ttl <= 86400:
+                    raise ValueError(f"Invalid Session TTL '{spec['ttl']}', must be between [{store.min_ttl:g}s=24h0m0s]")
+                behavior = spec.get("behavior") or "release"
+                if behavior not in ("release", "delete"):
+                    raise ValueError(f"Invalid Behavior setting '{behavior}'")
+                lock_delay = _duration(spec["lockdelay"]) if "lockdelay" in spec else 15.0
+                created = _Session(spec.get("name") or "", ttl, behavior, lock_delay, store._bump())
+                store.sessions[created.id] = created
+                store.cond.notify_all()
+                self._reply(200, {"ID": created.id}, index=store.index)
+            elif action == "renew" and method == "PUT":
+                session = store.sessions.get(session_id)
+                if session is None:
+                    self._reply(404, f"Session id '{session_id}' not found", raw=True)
+                    return
+                if session.ttl is not None:
+                    session.expires_at = time.monotonic() + session.ttl
+                self._reply(200, [session.json()], index=store.index)
+            elif action == "destroy" and method == "PUT":
+                session = store.sessions.get(session_id)
+                if session is not None:
+                    store._invalidate(session, store._bump())
+                    store.cond.notify_all()
+                self._reply(200, True, index=store.index)
+            elif action == "info" and method == "GET":
+                session = store.sessions.get(session_id)
+                self._reply(200, [session.json()] if session else [], index=store.index)
+            else:
+                self._reply(404, f"no handler for {method} /v1/session/{rest}", raw=True)
+
+    # -- KV -----------------------------------------------------------------------------
+
+    def _kv(self, method: str, key: str, params: dict[str, str], body: bytes) -> None:
+        store = self.server.store
+        if method == "GET":
+            self._kv_get(key, params)
+            return
+        with store.cond:
+            store.expire_sessions()
+            index = store.index + 1
+            if method == "PUT":
+                flags = int(params.get("flags") or 0)
+                if "acquire" in params:
+                    try:
+                        done = store._acquire(key, body, flags, params["acquire"], index) is not None
+                    except ValueError as exc:
+                        self._reply(500, str(exc), raw=True)
+                        return
+                elif "release" in params:
+                    done = store._release(key, body, flags, params["release"], index) is not None
+                elif "cas" in params:
+                    want, entry = int(params["cas"]), store.kv.get(key)
+                    done = (want == 0 and entry is None) or (want != 0 and entry is not None and entry.modify_index == want)
+                    if done:
+                        store._set(key, body, flags, index)
+                else:
+                    store._set(key, body, flags, index)
+                    done = True
+            elif method == "DELETE":
+                entry = store.kv.get(key)
+                if "cas" in params:
+                    done = entry is not None and entry.modify_index == int(params["cas"]) and int(params["cas"]) != 0
+                    if done:
+                        store._delete(key, index)
+                elif "recurse" in params:
+                    store._delete_tree(key, index)
+                    done = True
+                else:
+                    store._delete(key, index)
+                    done = True
+            else:
+                self._reply(405, "method not allowed", raw=True)
+                return
+            if done:
+                store.index = index
+                store.cond.notify_all()
+            self._reply(200, done, index=store.index)
+
+    def _kv_get(self, key: str, params: dict[str, str]) -> None:
+        store = self.server.store
+        exact = "recurse" not in params and "keys" not in params
+        with store.cond:
+            store.expire_sessions()
+            if "index" in params:
+                wanted = int(params["index"])
+                deadline = time.monotonic() + min(_duration(params["wait"]) if "wait" in params else 300.0, 600.0)
+                while store.prefix_index(key, exact) <= wanted and not store.stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    store.cond.wait(min(left, 0.05))
+                    store.expire_sessions()
+            index = store.prefix_index(key, exact)
+            if exact:
+                entries = [store.kv[key]] if key in store.kv else []
+            else:
+                entries = [e for k, e in sorted(store.kv.items()) if k.startswith(key)]
+            if not entries:
+                self._reply(404, b"", index=index, raw=True)
+            elif "keys" in params:
+                self._reply(200, [e.key for e in entries], index=index)
+            else:
+                self._reply(200, [e.json() for e in entries], index=index)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, store: _Store, token: str | None, port: int) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.store = store
+        self.token = token
+        self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
+
+    def drop_connections(self) -> None:
+        """Shut every accepted connection, as a dying agent's would be."""
+        with self.lock:
+            connections, self.connections = self.connections, set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class FakeConsulAgent:
+    """An in-process fake Consul agent (see the module docstring for its limits).
+
+    Args:
+        token: if given, every request must carry it (``X-Consul-Token``),
+            else 403 ``ACL not found``.
+        min_ttl: the shortest session TTL accepted (Consul's is 10 s).
+    """
+
+    def __init__(self, *, token: str | None = None, min_ttl: float = 10.0) -> None:
+        self.token = token
+        self.store = _Store(min_ttl)
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """``consul://127.0.0.1:PORT``."""
+        return f"consul://{self.host}:{self.port}"
+
+    def start(self) -> FakeConsulAgent:
+        """Serve from a daemon thread: on a free port, or on the same port as
+        before after a ``stop()`` (the store survives it, as a restarted
+        agent's would)."""
+        if self._server is not None:
+            return self
+        self._stop.clear()
+        self.store.stopping = False
+        self._server = _Server(self.store, self.token, self.port)
+        self.port = self._server.server_address[1]
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"FakeConsul[{self.port}]", daemon=True),
+            threading.Thread(target=self._reap, name=f"FakeConsulReaper[{self.port}]", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.02):
+            with self.store.cond:
+                self.store.expire_sessions()
+
+    def stop(self) -> None:
+        """Stop serving: wake blocking queries, close the socket, join the threads.
+        Connections already accepted are closed by their clients; the store is kept."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stop.set()
+        with self.store.cond:
+            self.store.stopping = True
+            self.store.cond.notify_all()
+        server.shutdown()
+        server.server_close()
+        server.drop_connections()
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<FakeConsulAgent {self.url} {'running' if self._server else 'stopped'}>"

@@ -1,0 +1,304 @@
+"""Consul-specific behaviour, against the in-process fake agent (coordactors.testing.fake_consul).
+
+No Consul server can be installed here: these tests, and the behaviour suite's
+``consul`` row, run against FakeConsulAgent.  See its docstring for its limits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import consul
+import pytest
+from helpers import wait_until
+
+import coordactors
+from coordactors import errors
+from coordactors.events import LeaderElected, LockLost, MemberJoined, MemberLeft, SessionLost, SessionRestored
+from coordactors.messages import Acquire, Release
+from coordactors.testing import EventRecorder
+from coordactors.testing.fake_consul import FakeConsulAgent
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def url(consul_agent, namespace):
+    return f"{consul_agent.url}?namespace={namespace}"
+
+
+@pytest.fixture
+def raw(consul_agent):
+    client = consul.Consul(host="127.0.0.1", port=consul_agent.port)
+    yield client
+    client.http.session.close()
+
+
+def _keys(raw, namespace):
+    return raw.kv.get(namespace + "/", keys=True)[1] or []
+
+
+# -- URLs and options -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "part"),
+    [
+        ("consul://127.0.0.1:8500/some/path", "path"),
+        ("consul://127.0.0.1:8500?namespace=../up", "namespace"),
+        ("consul://127.0.0.1:8500?namespace=a//b", "namespace"),
+        ("consul://127.0.0.1:8500?namespace=with space", "namespace"),
+        ("consul://127.0.0.1:8500?session_ttl=none", "session_ttl"),
+        ("consul://127.0.0.1:8500?lease_ttl=5", "lease_ttl"),
+        ("consul://:tok@127.0.0.1:8500?token=tok2", "token"),
+        ("consul://127.0.0.1:8500?bogus=1", "bogus"),
+        ("consul://127.0.0.1:99999", "port"),
+    ],
+)
+def test_malformed_urls_and_options_are_invalid_arguments_naming_the_part(bad, part):
+    with pytest.raises(errors.InvalidArgument, match=part):
+        coordactors.connect(bad, "a")
+
+
+def test_a_session_ttl_consul_refuses_is_a_clear_invalid_argument(consul_agent, namespace):
+    with pytest.raises(errors.InvalidArgument, match="TTL"):
+        coordactors.connect(f"{consul_agent.url}?namespace={namespace}&session_ttl=5", "a")
+
+
+def test_a_wrong_token_is_refused_without_showing_it():
+    with FakeConsulAgent(token="RightToken1") as agent:
+        bad = f"consul://:Sup3rSecretTok@127.0.0.1:{agent.port}?connect_timeout=2"
+        with pytest.raises(errors.BackendUnavailable) as caught:
+            coordactors.connect(bad, "a")
+        assert "Sup3rSecretTok" not in str(caught.value)
+        assert "Sup3rSecretTok" not in repr(caught.value)
+        assert "token" in str(caught.value)
+        with pytest.raises(errors.BackendUnavailable) as caught:
+            coordactors.connect(f"consul://127.0.0.1:{agent.port}?token=Sup3rSecretTok", "a")
+        assert "Sup3rSecretTok" not in str(caught.value) and "Sup3rSecretTok" not in repr(caught.value)
+        # the right token, either way, works
+        coordactors.connect(bad.replace("Sup3rSecretTok", "RightToken1"), "a").stop()
+        coord = coordactors.connect(f"consul://127.0.0.1:{agent.port}?token=RightToken1", "b")
+        coord.join("g", create=True)
+        assert coord.members("g") == {"b"}
+        coord.stop()
+
+
+def test_an_unreachable_agent_is_a_clear_backend_unavailable():
+    with pytest.raises(errors.BackendUnavailable, match="127.0.0.1:1"):
+        coordactors.connect("consul://127.0.0.1:1?connect_timeout=1", "a")
+
+
+# -- foreign data -----------------------------------------------------------------------
+
+
+def test_a_foreign_epoch_key_is_refused_and_left_untouched(url, namespace, raw):
+    raw.kv.put(f"{namespace}/epoch", "somebody else's string")
+    with pytest.raises(errors.InvalidArgument, match="format"):
+        coordactors.connect(url, "a")
+    assert raw.kv.get(f"{namespace}/epoch")[1]["Value"] == b"somebody else's string"
+
+
+def test_a_foreign_lock_key_is_refused_and_left_untouched(coordinators, url, namespace, raw):
+    import base64
+
+    key = f"{namespace}/l/" + base64.urlsafe_b64encode(b"jobs").rstrip(b"=").decode()
+    raw.kv.put(key, "not ours")
+    coord = coordinators("a", url)
+    with pytest.raises(errors.InvalidArgument, match="format"):
+        coord.ask(Acquire("jobs", timeout=0), block=True, timeout=10)
+    entry = raw.kv.get(key)[1]
+    assert entry["Value"] == b"not ours" and "Session" not in entry
+
+
+# -- mechanism -------------------------------------------------------------------------------
+
+
+def test_names_of_any_shape_round_trip_as_single_key_segments(coordinators, url, namespace, raw):
+    names = ["a/b", "..", ".", "with space", "quo'te\"", "ünï/../cödé"]
+    coord = coordinators("m/../x", url)
+    for name in names:
+        coord.join(name, {"n": name}, create=True)
+        lease = coord.ask(Acquire(name), block=True, timeout=10)
+        assert coord.ask(Release(lease), block=True, timeout=10) is None
+    assert coord.groups() >= set(names)
+    for name in names:
+        assert coord.members(name) == {"m/../x"}
+        assert coord.capabilities(name, "m/../x") == {"n": name}
+    assert all(k.startswith(namespace + "/") for k in _keys(raw, namespace))
+
+
+def test_fences_rise_across_holders_and_after_the_agent_loses_the_namespace(coordinators, url, namespace, raw):
+    a, b = coordinators("a", url), coordinators("b", url)
+    first = a.ask(Acquire("jobs"), block=True, timeout=10)
+    a.ask(Release(first), block=True, timeout=10)
+    second = b.ask(Acquire("jobs"), block=True, timeout=10)
+    assert second.fence > first.fence
+    b.ask(Release(second), block=True, timeout=10)
+    raw.kv.delete(namespace + "/", recurse=True)  # as if the data were lost
+    b.inject_failure("drill")  # a new connection re-seeds the epoch
+    wait_until(lambda: b.statistics()["state"] == "CONNECTED" and b.statistics()["connections"] >= 2)
+    third = b.ask(Acquire("jobs"), block=True, timeout=10)
+    assert third.fence > second.fence
+
+
+def test_a_lock_key_deleted_by_someone_else_is_reported_lost(coordinators, url, namespace, raw):
+    import base64
+
+    coord = coordinators("a", url + "&heartbeat_interval=0.05")
+    own = EventRecorder()
+    coord.subscribe(own)
+    lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    raw.kv.delete(f"{namespace}/l/" + base64.urlsafe_b64encode(b"jobs").rstrip(b"=").decode())
+    own.wait_for(lambda events: any(isinstance(e, LockLost) and e.name == "jobs" for e in events))
+    with pytest.raises(errors.LockLost):
+        lease.check()
+
+
+def test_an_invalidated_session_loses_its_members_then_restores_them(coordinators, url, raw):
+    worker = coordinators("worker", url + "&heartbeat_interval=0.05&backoff_initial=0.05")
+    watcher = coordinators("watcher", url)
+    seen, own = EventRecorder(), EventRecorder()
+    worker.join("g", {"v": 1}, create=True)
+    worker.campaign("g")
+    wait_until(lambda: watcher.leader("g") == "worker")
+    watcher.watch("g", seen)
+    worker.subscribe(own)
+    session_id = worker._route.session.proxy().conn.get().session_id
+    raw.session.destroy(session_id)  # as Consul does when the TTL runs out
+    # Behavior=delete: everyone sees it leave (no log entry: seen by state);
+    # the worker's renew gets 404, and the supervisor brings everything back.
+    seen.wait_for_event(MemberLeft("g", "worker"))
+    own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events))
+    kinds = [type(e) for e in own.events]
+    assert SessionLost in kinds and kinds.index(SessionLost) < kinds.index(SessionRestored)
+    seen.wait_for_event(MemberJoined("g", "worker"))
+    wait_until(lambda: watcher.members("g") == {"worker"} and watcher.leader("g") == "worker")
+    assert watcher.capabilities("g", "worker") == {"v": 1}
+
+
+def test_a_session_expires_after_its_ttl_without_renewal():
+    with FakeConsulAgent(min_ttl=0.5) as agent:
+        url = f"{agent.url}?namespace=t&session_ttl=0.6"
+        watcher = coordactors.connect(url, "watcher")
+        worker = coordactors.connect(url, "worker")
+        try:
+            seen = EventRecorder()
+            worker.join("g", create=True)
+            watcher.watch("g", seen)
+            watcher.campaign("g")
+            seen.wait_for_event(LeaderElected("g", "watcher"))
+            # The worker's heartbeats stop renewing its Consul session.
+            worker._route.session.proxy().conn.get().client.session.renew = lambda session_id: None
+            seen.wait_for_event(MemberLeft("g", "worker"), timeout=10)
+        finally:
+            worker.stop()
+            watcher.stop()
+
+
+def test_a_stopped_coordinator_leaves_no_reader_thread(url):
+    coord = coordactors.connect(url, "a")
+    coord.join("g", create=True)
+    coord.stop()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "ConsulEvents[a]"], timeout=5)
+
+
+# -- the fake agent itself ----------------------------------------------------------------
+
+
+def test_the_fake_answers_blocking_queries_when_the_prefix_moves_or_the_wait_ends():
+    with FakeConsulAgent(min_ttl=0.2) as agent:
+        client = consul.Consul(host="127.0.0.1", port=agent.port)
+        index, _ = client.kv.get("p/", recurse=True)
+        started = time.monotonic()
+        assert client.kv.get("p/", recurse=True, index=index, wait="200ms")[0] == index
+        assert time.monotonic() - started >= 0.15
+        threading.Timer(0.1, lambda: client.kv.put("other/x", "1")).start()
+        threading.Timer(0.2, lambda: client.kv.put("p/x", "1")).start()
+        new_index, entries = client.kv.get("p/", recurse=True, index=index, wait="5s")
+        assert int(new_index) > int(index) and [e["Key"] for e in entries] == ["p/x"]
+        # sessions: acquire, expiry with Behavior=delete, 404 on renew
+        from consul.callback import CB
+
+        sid = client.http.put(CB.json(is_id=True), "/v1/session/create", data='{"TTL": "0.2s", "Behavior": "delete", "LockDelay": "0s"}')
+        assert client.kv.put("p/l", "v", acquire=sid) is True
+        assert client.kv.get("p/l")[1]["LockIndex"] == 1
+        wait_until(lambda: client.kv.get("p/l")[1] is None, timeout=5)
+        with pytest.raises(consul.exceptions.NotFound):
+            client.session.renew(sid)
+        client.http.session.close()
+    assert not [t for t in threading.enumerate() if t.name.endswith(f"[{agent.port}]")]
+
+
+def test_an_agent_that_goes_away_loses_the_locks_then_everything_is_restored():
+    with FakeConsulAgent() as agent:
+        url = f"{agent.url}?namespace=t&heartbeat_interval=0.2&backoff_initial=0.05&backoff_max=0.2&connect_timeout=1"
+        coord = coordactors.connect(url, "worker")
+        try:
+            own = EventRecorder()
+            coord.subscribe(own)
+            coord.join("g", {"v": 2}, create=True)
+            coord.campaign("g")
+            wait_until(lambda: coord.leader("g") == "worker")
+            lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+            agent.stop()
+            own.wait_for(lambda events: any(isinstance(e, SessionLost) for e in events), timeout=10)
+            assert lease.lost.is_set()
+            agent.start()  # the same port, the same store
+            own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events), timeout=10)
+            assert coord.members("g") == {"worker"}
+            assert coord.capabilities("g", "worker") == {"v": 2}
+            wait_until(lambda: coord.leader("g") == "worker")
+            again = coord.ask(Acquire("jobs", timeout=5), block=True, timeout=10)
+            assert again.fence > lease.fence
+        finally:
+            coord.stop()
+
+
+def test_the_event_log_is_pruned_and_events_stay_complete_and_in_order(coordinators, url, namespace, raw, monkeypatch):
+    from coordactors.backend_actors import consul as backend
+
+    monkeypatch.setattr(backend, "LOG_KEEP", 5)
+    watcher, member = coordinators("watcher", url), coordinators("m", url)
+    seen = EventRecorder()
+    watcher.create_group("g")
+    watcher.watch("g", seen)
+    for _ in range(15):
+        member.join("g")
+        member.leave("g")
+    events = seen.wait_for(lambda events: len(events) >= 30)
+    assert events == [MemberJoined("g", "m"), MemberLeft("g", "m")] * 15
+    wait_until(lambda: len([k for k in _keys(raw, namespace) if k.startswith(f"{namespace}/log/")]) <= 10)
+
+
+def test_the_fake_rolls_back_a_failed_transaction_and_applies_lock_delay_and_behavior_release():
+    from consul.callback import CB
+
+    with FakeConsulAgent(min_ttl=0.2) as agent:
+        client = consul.Consul(host="127.0.0.1", port=agent.port)
+        try:
+            ops = [{"KV": {"Verb": "set", "Key": "k/a", "Value": "MQ=="}}, {"KV": {"Verb": "get", "Key": "k/missing"}}]
+            with pytest.raises(consul.exceptions.ClientError, match="409"):
+                client.txn.put(ops)
+            assert client.kv.get("k/a")[1] is None
+            sid = client.http.put(CB.json(is_id=True), "/v1/session/create", data='{"TTL": "10s", "LockDelay": "0.3s"}')
+            assert client.session.info(sid)[1]["Behavior"] == "release"
+            assert client.kv.put("k/l", "v", acquire=sid) is True
+            assert client.kv.put("k/l", "v", release="not-the-holder") is False
+            client.session.destroy(sid)
+            assert client.session.info(sid)[1] is None
+            entry = client.kv.get("k/l")[1]
+            assert entry is not None and "Session" not in entry  # Behavior=release keeps the key, unlocked
+            other = client.http.put(CB.json(is_id=True), "/v1/session/create", data='{"TTL": "10s"}')
+            started = time.monotonic()
+            assert client.kv.put("k/l", "w", acquire=other) is False  # within the lock-delay
+            wait_until(lambda: client.kv.put("k/l", "w", acquire=other), timeout=5)
+            assert time.monotonic() - started >= 0.25
+            assert client.kv.get("k/l")[1]["LockIndex"] == 2
+        finally:
+            client.http.session.close()
