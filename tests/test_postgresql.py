@@ -349,3 +349,39 @@ def test_characteristics_say_locks_end_with_the_connection(coordinators, url):
     from coordactors.characteristics import Characteristics as C
 
     assert C.NON_TIMEOUT_BASED in coordinators("a", url).characteristics
+
+
+def test_a_wrong_password_is_refused_without_showing_it():
+    """On a private server that asks TCP clients for a scram password."""
+    import psycopg2
+
+    import coordactors
+    from coordactors.testing.servers import PostgresServer, ServerUnavailable
+
+    try:
+        server = PostgresServer().start()
+    except ServerUnavailable as exc:  # pragma: no cover - the fixture rows fail loudly in CI already
+        pytest.skip(str(exc))
+    try:
+        admin = psycopg2.connect(host=server.host, port=server.port, user="postgres", dbname="postgres")
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute("SET password_encryption = 'scram-sha-256'")
+            cursor.execute("CREATE ROLE alice LOGIN PASSWORD 'RightPassword1'")
+            cursor.execute("GRANT ALL ON SCHEMA public TO alice")  # PostgreSQL 15 grants no CREATE by default
+            # Ask for a password over TCP from now on (the harness uses trust).
+            with open(f"{server.directory}/data/pg_hba.conf", "w") as hba:
+                hba.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+            cursor.execute("SELECT pg_reload_conf()")
+        admin.close()
+        url = f"postgresql://alice:Sup3rSecretPw@{server.host}:{server.port}/postgres?connect_timeout=5"
+        with pytest.raises(errors.BackendUnavailable) as caught:
+            coordactors.connect(url, "a")
+        shown = f"{caught.value} {caught.value!r} {caught.value.backend}"
+        assert "Sup3rSecretPw" not in shown
+        assert "alice" in str(caught.value)
+        with coordactors.connect(url.replace("Sup3rSecretPw", "RightPassword1"), "a") as coord:
+            coord.join("g", create=True)
+            assert coord.members("g") == {"a"}
+    finally:
+        server.stop()
