@@ -46,5 +46,42 @@ def table() -> str:
     return "\n".join(lines) + "\n"
 
 
+MATRIX_HEADINGS = {
+    Characteristics.DISTRIBUTED_ACROSS_THREADS: "threads",
+    Characteristics.DISTRIBUTED_ACROSS_PROCESSES: "processes",
+    Characteristics.DISTRIBUTED_ACROSS_HOSTS: "hosts",
+    Characteristics.NON_TIMEOUT_BASED: "non-timeout",
+    Characteristics.LINEARIZABLE: "linearizable",
+    Characteristics.SEQUENTIAL: "sequential",
+    Characteristics.CAUSAL: "causal",
+    Characteristics.SERIALIZABLE: "serializable",
+    Characteristics.SAME_VIEW_UNDER_PARTITIONS: "same view (partitions)",
+    Characteristics.SAME_VIEW_ACROSS_CLIENTS: "same view (clients)",
+}
+
+
+def matrix() -> str:
+    """Every Characteristics member per backend ("x" where declared), as reStructuredText."""
+    rows = [("backend", *MATRIX_HEADINGS.values())]
+    seen: set[str] = set()
+    for scheme, (target, _extra) in SCHEMES.items():
+        if target in seen:
+            continue
+        seen.add(target)
+        traits = load_backend(scheme).CHARACTERISTICS
+        rows.append((f"``{scheme}://``", *("x" if c in traits else "" for c in MATRIX_HEADINGS)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths)).rstrip(), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows[1:]]
+    lines.append(rule)
+    return "\n".join(lines) + "\n"
+
+
+def tables() -> str:
+    """What README.rst holds between its backend-table markers."""
+    return table() + "\nWhat each backend guarantees (``coord.characteristics``, tooz's names):\n\n" + matrix()
+
+
 if __name__ == "__main__":
-    print(table(), end="")
+    print(tables(), end="")

@@ -22,3 +22,14 @@ def test_ci_runs_the_test_command_the_readme_shows():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/install-test-deps && python3 -m pytest -q tests" in readme
     assert "bash scripts/install-test-deps\npython3 -m pytest -q tests\n" in ci
+
+
+def test_the_first_python_example_runs_and_prints_what_it_says():
+    readme = (ROOT / "README.rst").read_text()
+    start = readme.index(".. code-block:: python\n\n") + len(".. code-block:: python\n\n")
+    block = readme[start:readme.index("\n\n", readme.index("print(events.events)", start))]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "holding fence 1" in result.stdout
+    assert "MemberJoined(group='workers', member='worker-1'), LeaderElected(group='workers', member='worker-1')" in result.stdout
