@@ -35,7 +35,7 @@ setup(
         "test": [*ALL, "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"],
         "bench": ["tooz==8.1.0", "hdrhistogram>=0.10", "matplotlib>=3.8"],
     },
-    entry_points={"console_scripts": ["coordactors-demo=coordactors.demo:main"]},
+    entry_points={"console_scripts": ["coordactors-demo=coordactors.demo:main", "coordactors=coordactors.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
         "Topic :: System :: Distributed Computing",
