@@ -6,6 +6,7 @@ Every exception the library raises on purpose derives from
     CoordinationError
     ├── InvalidArgument (also ValueError)        you asked for something malformed
     ├── BackendUnavailable                       the backend could not be reached
+    │   ├── ConnectionSuspended                  the connection dropped; the session may live on
     │   └── CoordinatorStopped                   the coordinator was stopped
     ├── OperationTimedOut (also TimeoutError)    the caller's wait ran out
     ├── NotSupported                             the backend cannot do this
@@ -33,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "BackendUnavailable",
+    "ConnectionSuspended",
     "CoordinationError",
     "CoordinatorStopped",
     "GroupAlreadyExists",
@@ -83,6 +85,15 @@ class BackendUnavailable(CoordinationError):
     """The backend could not be reached or the connection was lost.
 
     The underlying client error, if any, is chained as ``__cause__``.
+    """
+
+
+class ConnectionSuspended(BackendUnavailable):
+    """The connection dropped, but the session may live on at the backend.
+
+    (ZooKeeper: the client is reconnecting, possibly to another server.)
+    The request that got this may or may not have been applied; leases
+    stand until their local expiry, and the session resumes or fails.
     """
 
 

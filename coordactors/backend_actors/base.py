@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CallInbox", "SessionActor", "fence_floor", "leader_lock_name"]
 
-CONNECTING, CONNECTED, DOWN, STOPPED = "CONNECTING", "CONNECTED", "DOWN", "STOPPED"
+CONNECTING, CONNECTED, SUSPENDED, DOWN, STOPPED = "CONNECTING", "CONNECTED", "SUSPENDED", "DOWN", "STOPPED"
 
 _PENDING = object()
 """Returned by a handler that will reply later (a waiting acquire)."""
@@ -251,6 +251,7 @@ class SessionActor(pykka.ThreadingActor):
         self._waiters: dict[str, collections.deque[_Waiter]] = {}
         self._parked: collections.deque[Call] = collections.deque()
         self._session_valid_until: float | None = None
+        self._suspension_timer: Any = None
         self._timers: list[Any] = []
         self._poll_queued = False
         self._heartbeat_queued = False
@@ -358,6 +359,10 @@ class SessionActor(pykka.ThreadingActor):
     def do_shutdown(self) -> None:
         """Deregister the session before ``close`` (graceful stop)."""
 
+    def on_resumed(self) -> None:
+        """After ``resume()``: catch up with what happened while suspended
+        (re-read watched groups, clean up requests whose replies were lost)."""
+
     def translate_error(self, exc: BaseException) -> errors.CoordinationError:
         """Map a client library's exception to ours (one table per backend)."""
         if isinstance(exc, OSError):
@@ -374,6 +379,45 @@ class SessionActor(pykka.ThreadingActor):
         """Retry waiting acquires and campaigns (of ``names``, or all).  Actor thread only."""
         self._retry_waiters(names)
 
+    def suspend(self, cause: str) -> None:
+        """Actor thread: the connection dropped, but the session may live on at
+        the backend (ZooKeeper's SUSPENDED) until the client reconnects.
+
+        Requests wait (as while the session is down); leases stand until
+        their local expiry, when each gets ``LockLost``; the session itself
+        fails at its own local expiry.  ``resume()`` when the same session is
+        back; a backend that learns the session is gone calls ``fail()``.
+        """
+        if self.state is not CONNECTED:
+            return
+        self.state = SUSPENDED
+        logger.warning("%r: connection suspended: %s", self, cause)
+        valid_until = self._session_valid_until
+        if valid_until is not None:
+            # A precise check at the session's local expiry, between heartbeats.
+            self._suspension_timer = self.runtime.ticker.call_later(
+                max(0.0, valid_until - time.monotonic()), self._queue_heartbeat)
+
+    def resume(self) -> None:
+        """Actor thread: the suspended session is connected again, intact.
+        Serve the requests that waited, refresh the leases, retry waiters,
+        then ``on_resumed()``."""
+        if self.state is not SUSPENDED:
+            return
+        self.state = CONNECTED
+        if self._suspension_timer is not None:
+            self._suspension_timer.cancel()
+            self._suspension_timer = None
+        logger.info("%r: connection resumed with the same session", self)
+        self._run_guarded(self._heartbeat)
+        if self.state is CONNECTED:
+            self._run_guarded(self.on_resumed)
+        self._serve_parked()
+
+    def fail(self, cause: str) -> None:
+        """Actor thread: the session is gone (expired, closed): fail it now."""
+        self._fail(errors.BackendUnavailable(cause))
+
     def tell_self(self, message: Any) -> None:
         """Tell this actor ``message`` from any thread; a no-op once it is dead."""
         try:
@@ -388,7 +432,7 @@ class SessionActor(pykka.ThreadingActor):
         self.tell_self(_Run(fn, args))
 
     def _on_run(self, msg: _Run) -> None:
-        if self.state is CONNECTED:
+        if self.state is CONNECTED or self.state is SUSPENDED:
             self._run_guarded(msg.fn, *msg.args)
 
     def resync(self, group: str) -> None:
@@ -539,7 +583,7 @@ class SessionActor(pykka.ThreadingActor):
             logger.warning("%r: told %r failed: %s", self, call.message, exc)
         call.reply.reject(exc)
         if isinstance(exc, errors.BackendUnavailable) and not isinstance(exc, errors.CoordinatorStopped):
-            self._fail(exc)
+            self._unavailable(exc)
 
     def _deliver(self, call: Call, value: Any) -> None:
         if not call.reply.resolve(value) and isinstance(value, Lease):
@@ -667,7 +711,7 @@ class SessionActor(pykka.ThreadingActor):
             waiter.timer = self.runtime.ticker.call_later(min(deadlines) - time.monotonic(), lambda: self.tell_self(_Expire(waiter)))
         self._waiters.setdefault(msg.name, collections.deque()).append(waiter)
         if lost_connection is not None:
-            self._fail(lost_connection)
+            self._unavailable(lost_connection)
         return _PENDING
 
     def _hold(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:
@@ -774,12 +818,7 @@ class SessionActor(pykka.ThreadingActor):
         # A lease whose local expiry passed was already given up by its
         # holder's clock (check() raised): it stays lost, even if a refresh
         # would still find the key ours.  Never revive it.
-        now = time.monotonic()
-        for lease in [*self._leases.values(), *self._leaders.values()]:
-            expires_at = lease._state.expires_at  # noqa: SLF001
-            if expires_at is not None and expires_at <= now:
-                self._lose(lease, "it expired locally: no refresh landed within its TTL")
-                self._abandon_quietly([lease])
+        self._expire_locally()
         held = [*self._leases.values(), *self._leaders.values()]
         if held:
             lost = self.do_refresh(held)
@@ -790,11 +829,31 @@ class SessionActor(pykka.ThreadingActor):
                     lease._state.expires_at = self._expiry(lease.ttl, sent_at)  # noqa: SLF001
         self._retry_waiters()
 
+    def _expire_locally(self) -> None:
+        now = time.monotonic()
+        for lease in [*self._leases.values(), *self._leaders.values()]:
+            expires_at = lease._state.expires_at  # noqa: SLF001
+            if expires_at is not None and expires_at <= now:
+                self._lose(lease, "it expired locally: no refresh landed within its TTL")
+                if self.state is CONNECTED:
+                    self._abandon_quietly([lease])
+
+    def _expire_while_suspended(self) -> None:
+        """A suspended session's clock runs on: the session, or else leases, expire locally."""
+        valid_until = self._session_valid_until
+        if valid_until is not None and valid_until <= time.monotonic():
+            self._fail(errors.BackendUnavailable(
+                f"the connection to {self.url} stayed suspended past the session's timeout: the session is presumed expired"))
+        else:
+            self._expire_locally()
+
     def _on_tick(self, msg: _Tick) -> None:
         if msg.kind == "heartbeat":
             self._heartbeat_queued = False
             if self.state is CONNECTED:
                 self._run_guarded(self._heartbeat)
+            elif self.state is SUSPENDED:
+                self._expire_while_suspended()
         else:
             self._poll_queued = False
             if self.state is CONNECTED:
@@ -809,13 +868,22 @@ class SessionActor(pykka.ThreadingActor):
         try:
             fn(*args)
         except errors.BackendUnavailable as exc:
-            self._fail(exc)
+            self._unavailable(exc)
         except errors.CoordinationError:
             logger.exception("%r: background %s failed", self, getattr(fn, "__name__", fn))
         except Exception as exc:
             translated = self._translated(exc)
             if isinstance(translated, errors.BackendUnavailable):
-                self._fail(translated)
+                self._unavailable(translated)
+
+    def _unavailable(self, exc: errors.BackendUnavailable) -> None:
+        """A request found the backend unreachable: fail the session -- unless
+        it is suspended (or the error says it just was), when ``resume()``
+        catches up or the session's local expiry fails it."""
+        if isinstance(exc, errors.ConnectionSuspended):
+            self.suspend(str(exc))
+        elif self.state is not SUSPENDED:
+            self._fail(exc)
 
     # -- watches ------------------------------------------------------------------
 
@@ -901,11 +969,15 @@ class SessionActor(pykka.ThreadingActor):
             reply.resolve(True)
         self._connect_replies.clear()
         self.supervisor.tell(SessionUp(restored))
+        self._serve_parked()
+
+    def _serve_parked(self) -> None:
         parked, self._parked = self._parked, collections.deque()
         for call in parked:
             if call.reply.wanted():
                 self._serve(call)
-        self._run_guarded(self._retry_waiters)
+        if self.state is CONNECTED:
+            self._run_guarded(self._retry_waiters)
 
     def _restore(self, desired: DesiredState) -> None:
         """Re-apply what the application asked for, on a fresh connection."""
@@ -928,8 +1000,12 @@ class SessionActor(pykka.ThreadingActor):
 
     def _fail(self, exc: BaseException) -> None:
         """The connection is gone: every lease is lost; the supervisor restarts us."""
-        if self.state is not CONNECTED:
+        if self.state is not CONNECTED and self.state is not SUSPENDED:
             return
+        if self._suspension_timer is not None:
+            self._suspension_timer.cancel()
+            self._suspension_timer = None
+        suspended = self.state is SUSPENDED
         self.state = DOWN
         cause = str(exc) or type(exc).__name__
         lost = [*self._leases.values(), *self._leaders.values()]
@@ -939,7 +1015,8 @@ class SessionActor(pykka.ThreadingActor):
             self._lost[lease.name] = f"fence {lease.fence} was lost at {time.strftime('%H:%M:%S')} with the session"
         self._leases.clear()
         self._leaders.clear()
-        self._abandon_quietly(lost)
+        if not suspended:  # a suspended connection cannot free anything
+            self._abandon_quietly(lost)
         self._close_quietly()
         logger.warning("%r: session lost: %s", self, cause)
         self.supervisor.tell(SessionDown(cause, tuple(lost)))

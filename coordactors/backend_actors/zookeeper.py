@@ -56,19 +56,23 @@ Connection states (kazoo's ``KazooState``) and what a holder can rely on:
     The session lives: every lease and membership of this session stands
     until it is released or left, or the session ends.
 ``SUSPENDED``
-    The connection dropped.  The session may live on at the server, with its
-    ephemeral znodes -- or it may have expired already, and another member
-    may hold the lock.  The holder cannot tell which, so coordactors treats
-    SUSPENDED as the end of the session: every lease gets ``LockLost``, the
-    coordinator emits ``SessionLost``, and the supervisor reconnects with a
-    NEW session, restores memberships, campaigns and watches, and emits
-    ``SessionRestored``.  The new session takes over the old one's
-    memberships and deletes its claims (it knows the old session id and the
-    claims' prefix); whatever it misses expires with the old session.
-    The price: a lease never survives a connection drop, however brief.
+    The connection dropped; kazoo reconnects, to any server of the URL.  The
+    session lives on at the servers until its timeout, with its ephemeral
+    znodes, so the coordinator holds on too: requests wait (up to their
+    timeout), leases stand until their local expiry (below) and memberships
+    and watches stay.  Back on the same session (a server died and the
+    client moved to another), nothing was lost: no event is emitted, the
+    leases are refreshed, watched groups are re-read for what happened
+    meanwhile.  If the local expiry comes first, each lease gets
+    ``LockLost`` and the session fails as below.
 ``LOST``
-    The session expired or was closed, and its ephemeral znodes are gone.
-    Always preceded by SUSPENDED; handled the same way.
+    The session expired or was closed, and its ephemeral znodes are gone:
+    every lease gets ``LockLost``, the coordinator emits ``SessionLost``, and
+    the supervisor reconnects with a NEW session, restores memberships,
+    campaigns and watches, and emits ``SessionRestored``.  The new session
+    takes over the old one's memberships and deletes its claims (it knows
+    the old session id and the claims' prefix); whatever it misses expires
+    with the old session.
 
 A holder's view of its leases also expires on its own clock, ``session_ttl``
 after the last heartbeat round trip (minus a margin), so a stalled process
@@ -206,17 +210,20 @@ def _stop_client(client: KazooClient) -> None:
 class _Connection:
     """One kazoo client (one ZooKeeper session) and what this session did on it.
 
-    ``broken`` is set by kazoo's connection thread when the session is
-    SUSPENDED or LOST; everything else belongs to the actor thread.
+    ``broken`` (the session is LOST) and ``suspended`` (the connection
+    dropped) are set by kazoo's connection thread; everything else belongs
+    to the actor thread.
     """
 
-    __slots__ = ("broken", "client", "closing", "group_watchers", "held", "lock_watchers", "prefix", "queued", "session_id", "uncertain")
+    __slots__ = ("broken", "client", "closing", "group_watchers", "held", "lock_watchers", "prefix", "queued", "session_id",
+                 "suspended", "uncertain")
 
     def __init__(self, client: KazooClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self.session_id: int | None = None
         self.broken: str | None = None
+        self.suspended = False
         self.closing = False
         self.held: set[str] = set()
         """Paths of the claims this session holds."""
@@ -246,7 +253,7 @@ _TRANSLATIONS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...]
     (kx.ConnectionClosedError, errors.BackendUnavailable, "the connection to {url} is closed"),
     (kx.SessionExpiredError, errors.BackendUnavailable, "the ZooKeeper session on {url} expired"),
     (kx.SessionMovedError, errors.BackendUnavailable, "the ZooKeeper session on {url} moved to another server"),
-    (kx.ConnectionLoss, errors.BackendUnavailable, "lost the connection to {url}: the session is suspended and its locks may be granted to others"),
+    (kx.ConnectionLoss, errors.ConnectionSuspended, "lost the connection to {url}; the session is suspended while the client reconnects"),
     ((KazooTimeoutError, kx.OperationTimeoutError), errors.BackendUnavailable, "{url} did not answer in time"),
     (kx.AuthFailedError, errors.BackendUnavailable, "{url} refused the credentials (authentication failed)"),
     (kx.NoAuthError, errors.BackendUnavailable, "{url} refused access to a znode under {root} (its ACL does not admit this client)"),
@@ -335,19 +342,50 @@ class ZooKeeperSession(SessionActor):
         return conn
 
     def _on_state(self, conn: _Connection, state: str) -> bool:
-        """kazoo's connection thread: a SUSPENDED or LOST session fails ours."""
-        if state != KazooState.CONNECTED and not conn.closing and conn.broken is None:
-            conn.broken = (
-                f"the ZooKeeper session on {self.url} was lost (expired or closed): its locks and memberships are gone"
-                if state == KazooState.LOST
-                else f"lost the connection to {self.url}: the session is suspended and its locks may be granted to others"
-            )
+        """kazoo's connection thread: LOST fails our session, SUSPENDED suspends it,
+        CONNECTED after SUSPENDED resumes it."""
+        if conn.closing or conn.broken is not None:
+            return False
+        if state == KazooState.LOST:
+            conn.broken = f"the ZooKeeper session on {self.url} was lost (expired or closed): its locks and memberships are gone"
             self.run_on_actor(self._connection_broke, conn)
+        elif state == KazooState.SUSPENDED:
+            conn.suspended = True
+            self.run_on_actor(self._connection_suspended, conn)
+        elif conn.suspended:
+            conn.suspended = False
+            self.run_on_actor(self._connection_resumed, conn)
         return False
 
     def _connection_broke(self, conn: _Connection) -> None:
         if conn is self.conn:
-            raise errors.BackendUnavailable(conn.broken)
+            self.fail(str(conn.broken))
+
+    def _connection_suspended(self, conn: _Connection) -> None:
+        if conn is self.conn:
+            self.suspend(f"lost the connection to {self.url}; reconnecting within the session timeout")
+
+    def _connection_resumed(self, conn: _Connection) -> None:
+        if conn is self.conn and not conn.suspended:
+            self.resume()
+
+    def on_resumed(self) -> None:
+        """Actor thread, back on the same session: delete claims whose create
+        got no reply, and re-read watched groups for what happened meanwhile."""
+        conn = self.conn
+        uncertain, conn.uncertain = conn.uncertain, set()
+        mine = conn.prefix + LOCK_MARK
+        for directory in uncertain:
+            try:
+                children = self._get_children(directory)
+            except kx.NoNodeError:
+                continue
+            for child in children:
+                path = f"{directory}/{child}"
+                if child.startswith(mine) and path not in conn.held:
+                    self._client().delete_async(path)
+        for group, log in list(self._logs.items()):
+            self._read_log(group, log)
 
     def on_connected(self) -> None:
         """Actor thread: forget the last session's view; delete what it left behind."""
@@ -392,7 +430,9 @@ class ZooKeeperSession(SessionActor):
             # kazoo would queue the request until it reconnects: fail now.
             # (``connected`` drops before kazoo fails the requests in flight
             # and long before it tells the listener.)
-            raise errors.BackendUnavailable(conn.broken or f"lost the connection to {self.url}: the session is suspended")
+            if conn.broken is not None:
+                raise errors.BackendUnavailable(conn.broken)
+            raise errors.ConnectionSuspended(f"lost the connection to {self.url}; the session is suspended while the client reconnects")
         return conn.client
 
     def _wait(self, result: Any) -> Any:

@@ -1,0 +1,111 @@
+"""Clustered backends: what a node failure costs, on real clusters started here.
+
+A ZooKeeper ensemble of three, started once for the module; each test takes a
+namespace of its own and leaves every node running again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers import wait_until
+
+import coordactors
+from coordactors.events import LeaderElected, LockLost, MemberJoined, SessionLost, SessionRestored
+from coordactors.messages import Acquire
+from coordactors.testing import EventRecorder
+from coordactors.testing.clusters import ZooKeeperEnsemble
+from coordactors.testing.pytest_plugin import start_or_skip
+
+FAST = "backoff_initial=0.05&backoff_max=0.5&connect_timeout=5"
+
+
+@pytest.fixture(scope="module")
+def ensemble() -> Iterator[ZooKeeperEnsemble]:
+    """Three ZooKeeper servers in one ensemble."""
+    cluster = start_or_skip(ZooKeeperEnsemble(3))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def zk_url(ensemble: ZooKeeperEnsemble) -> Iterator[str]:
+    """A private namespace on the ensemble; every node is running again after the test."""
+    yield f"{ensemble.url}?namespace=t{uuid.uuid4().hex[:12]}&{FAST}"
+    dead = [i for i, node in enumerate(ensemble.nodes) if not node.is_running]
+    if dead:
+        ensemble.restart(*dead)
+
+
+def _session_id(ensemble: ZooKeeperEnsemble) -> int:
+    """The id of the one client session on the ensemble (tests connect one client before looking)."""
+    found: set[int] = set()
+    wait_until(lambda: found.update(*(node.session_ids() for node in ensemble.nodes)) or len(found) == 1, timeout=10)
+    return found.pop()
+
+
+def _set_up_worker(coordinators: Callable[..., coordactors.Coordinator], url: str) -> tuple[coordactors.Coordinator, EventRecorder, EventRecorder, Any]:
+    worker = coordinators("worker", url)
+    own, group = EventRecorder(), EventRecorder()
+    worker.subscribe(own)
+    worker.watch("g", group)
+    worker.join("g", {"slots": 2}, create=True)
+    worker.campaign("g")
+    group.wait_for(lambda events: LeaderElected("g", "worker") in events)
+    lease = worker.ask(Acquire("jobs"), block=True, timeout=10)
+    return worker, own, group, lease
+
+
+def test_killing_the_server_a_client_uses_moves_its_session_and_costs_nothing(ensemble, zk_url, coordinators):
+    worker, own, group, lease = _set_up_worker(coordinators, f"{zk_url}&session_ttl=6")
+    session = _session_id(ensemble)
+    serving = ensemble.serving(session)
+    assert serving is not None, "the session is on no server"
+
+    ensemble.kill(serving)
+    wait_until(lambda: ensemble.serving(session) not in (None, serving), timeout=6,
+               message="the session did not move to another server within its timeout")
+    # The same session, so the same leases and memberships: requests go on.
+    assert worker.members("g", timeout=10) == {"worker"}
+    assert worker.leader("g", timeout=10) == "worker"
+    lease.check()
+    assert lease.held
+
+    observer = coordinators("observer", zk_url)
+    assert observer.capabilities("g", "worker") == {"slots": 2}
+    with pytest.raises(coordactors.errors.LockTimeout):
+        observer.ask(Acquire("jobs", timeout=0), block=True, timeout=10)
+    observer.join("g")  # the worker's watch survived the move
+    group.wait_for(lambda events: MemberJoined("g", "observer") in events)
+    assert not [e for e in own.events if isinstance(e, (SessionLost, LockLost))]
+
+
+def test_losing_the_majority_loses_the_session_and_its_return_restores_it(ensemble, zk_url, coordinators):
+    worker, own, group, lease = _set_up_worker(coordinators, f"{zk_url}&session_ttl=2")
+    session = _session_id(ensemble)
+    serving = ensemble.serving(session)
+    assert serving is not None, "the session is on no server"
+    others = [i for i in range(3) if i != serving]
+
+    killed_at = time.monotonic()
+    ensemble.kill(others[0])
+    ensemble.kill(others[1])  # the survivor stops serving: no quorum
+    own.wait_for(lambda events: {e.name for e in events if isinstance(e, LockLost)} >= {"jobs", "__leader__/g"}, timeout=10)
+    assert time.monotonic() - killed_at <= 2 + 0.5
+    assert type(own.events[0]) is SessionLost
+    assert lease.lost.is_set()
+    with pytest.raises(coordactors.errors.LockLost):
+        lease.check()
+
+    ensemble.restart(*others)
+    own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events), timeout=30)
+    observer = coordinators("observer", zk_url)
+    assert observer.members("g") == {"worker"}
+    assert observer.capabilities("g", "worker") == {"slots": 2}
+    wait_until(lambda: observer.leader("g") == "worker", timeout=10)
+    again = observer.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
+    assert again.fence > lease.fence
