@@ -32,7 +32,7 @@ setup(
     extras_require={
         **BACKENDS,
         "all": ALL,
-        "test": [*ALL, "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100"],
+        "test": [*ALL, "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "tooz==8.1.0"],
         "bench": ["tooz==8.1.0", "hdrhistogram>=0.10", "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["coordactors-demo=coordactors.demo:main", "coordactors=coordactors.cli:main"]},
