@@ -88,7 +88,7 @@ def cron(url: str, member: str, ledger: Ledger, period_seconds: float, periods: 
     try:
         while time.monotonic() < deadline:
             now = int(time.time() // period_seconds)
-            if lock.acquire(blocking=period_seconds):
+            if lock.acquire(blocking=False):  # another copy is at it: look again soon
                 try:
                     records = ledger.read()
                     if not records:
@@ -105,7 +105,7 @@ def cron(url: str, member: str, ledger: Ledger, period_seconds: float, periods: 
                             say(member, "ran", period=period - first)
                 finally:
                     lock.release()
-            time.sleep(min(period_seconds, max(0.0, (now + 1) * period_seconds - time.time())))
+            time.sleep(min(period_seconds / 4, max(0.0, (now + 1) * period_seconds - time.time())))
         say(member, "timeout")
         return False
     finally:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member", default=f"cron-{os.getpid()}", help="this copy's member id")
     parser.add_argument("--period", type=float, default=1.0, help="seconds per period")
     parser.add_argument("--periods", type=int, default=5, help="periods to run, then stop")
-    parser.add_argument("--work", type=float, default=0.05, help="seconds the job works")
+    parser.add_argument("--work", type=float, default=0.1, help="seconds the job works")
     parser.add_argument("--threads", type=int, default=1, help="copies to run as threads of this process")
     parser.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
     args = parser.parse_args(argv)

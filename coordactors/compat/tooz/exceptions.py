@@ -65,6 +65,9 @@ class ToozError(Exception):
 class NotImplemented(builtins.NotImplementedError, ToozError):  # noqa: A001 - tooz's name, shadowing included
     """The operation or option has no meaning on this backend (tooz's ``NotImplemented``)."""
 
+    def __init__(self, message: Any = "not implemented", cause: BaseException | None = None) -> None:
+        ToozError.__init__(self, message, cause)
+
 
 class ToozConnectionError(ToozError):
     """The backend could not be reached or the connection was lost."""
