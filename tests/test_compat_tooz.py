@@ -197,3 +197,23 @@ def test_lifecycle_errors_and_stop_leaving_groups(tooz_coordinator: Factory, bac
     idle = coordination.get_coordinator(backend_url, b"idle")
     with pytest.raises(tooz.ToozError):
         idle.get_members(b"g").get()
+
+
+def test_after_a_lost_session_the_lock_reports_loss_and_regained_leadership_runs_the_callback_again(tooz_coordinator: Factory) -> None:
+    coord = tooz_coordinator(b"solo")
+    coord.create_group(b"team").get()
+    elected: list[Any] = []
+    coord.watch_elected_as_leader(b"team", elected.append)
+    coord.run_watchers()
+    assert len(elected) == 1
+    lock = coord.get_lock(b"held")
+    assert lock.acquire() is True
+    coord.coordinator.inject_failure("drill")
+
+    wait_until(lambda: not lock.heartbeat())
+    assert lock.is_still_owner() is False
+    assert lock.release() is False
+    wait_until(lambda: (coord.run_watchers(), len(elected) == 2)[1], timeout=30, message=lambda: repr(elected))
+    assert elected[1] == coordination.LeaderElected(b"team", b"solo")
+    assert coord.get_leader(b"team").get() == b"solo"
+    assert lock.acquire(blocking=5) is True and lock.release() is True

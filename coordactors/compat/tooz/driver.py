@@ -158,6 +158,9 @@ class CoordinationDriver:
                 raise ToozError("Can not start a driver which has not been stopped")
             with translated():
                 self._coordinator = coordactors.connect(self._url, self._member_name)
+                # Session events tell when leadership was lost, so that being
+                # elected again runs the callbacks again.
+                self._coordinator.subscribe(self._enqueue, (events.SessionLost, events.LockLost))
             self._started = True
             self._joined_groups = set()
             self._watching.clear()
@@ -423,7 +426,11 @@ class CoordinationDriver:
         if isinstance(event, events.MemberLeft):
             hooks = self._hooks_leave_group.get(event.group)
             return hooks.run(MemberLeftGroup(group_id, _to_bytes(event.member))) if hooks else []
-        if isinstance(event, events.LeaderElected):
+        if isinstance(event, events.SessionLost):
+            self._leading.clear()
+        elif isinstance(event, events.LockLost) and event.name.startswith(v.RESERVED_LOCK_PREFIX):
+            self._leading.discard(event.name[len(v.RESERVED_LOCK_PREFIX):])
+        elif isinstance(event, events.LeaderElected):
             if event.member == self._member_name:
                 if event.group in self._campaigning:
                     self._elected(event.group)  # tooz returns only join/leave results
