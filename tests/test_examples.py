@@ -28,7 +28,9 @@ RUN_TIMEOUT = 90.0
 def _run_all(commands: list[list[str]]) -> list[tuple[int, list[dict[str, Any]], str]]:
     """Run the commands side by side; return (status, JSON lines, stderr) for each."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for command in _commands(commands)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for command in _commands(commands)
+    ]
     results = []
     try:
         for process in processes:

@@ -126,7 +126,6 @@ class CoordinationDriver:
         self._watching: set[str] = set()
         self._campaigning: set[str] = set()
         self._leading: set[str] = set()
-        self._joined_groups: set[Any] = set()
         self._events: queue.SimpleQueue[events.Event] = queue.SimpleQueue()
 
     def __repr__(self) -> str:
@@ -156,17 +155,21 @@ class CoordinationDriver:
         with self._guard:
             if self._started:
                 raise ToozError("Can not start a driver which has not been stopped")
-            with translated():
-                self._coordinator = coordactors.connect(self._url, self._member_name)
-                # Session events tell when leadership was lost, so that being
-                # elected again runs the callbacks again.
-                self._coordinator.subscribe(self._enqueue, (events.SessionLost, events.LockLost))
-            self._started = True
-            self._joined_groups = set()
             self._watching.clear()
             self._campaigning.clear()
             self._leading.clear()
             self._events = queue.SimpleQueue()
+            with translated():
+                coordinator = coordactors.connect(self._url, self._member_name)
+                try:
+                    # Session events say when leadership was lost, so that
+                    # being elected again runs the callbacks again.
+                    coordinator.subscribe(self._enqueue, (events.SessionLost, events.LockLost))
+                except BaseException:
+                    coordinator.stop()
+                    raise
+            self._coordinator = coordinator
+            self._started = True
 
     def stop(self) -> None:
         """Leave every group, release every lock, disconnect.
@@ -222,24 +225,15 @@ class CoordinationDriver:
 
     def join_group(self, group_id: Any, capabilities: Any = b"") -> CoordAsyncResult:
         """Join ``group_id`` with ``capabilities``; GroupNotCreated, MemberAlreadyExist."""
-        result = self._submit(
-            lambda: Join(group_id, caps.encode(capabilities)), group_id=group_id, member_id=self._member_bytes
-        )
-        if isinstance(result, CoordinatorResult):
-            result._future.add_done_callback(lambda f: f.exception() is None and self._joined_groups.add(group_id))  # noqa: SLF001
-        return result
+        return self._submit(lambda: Join(group_id, caps.encode(capabilities)), group_id=group_id, member_id=self._member_bytes)
 
     def join_group_create(self, group_id: Any, capabilities: Any = b"") -> None:
         """Join ``group_id``, creating it first if needed (synchronous, as in tooz)."""
         self._ask(Join(group_id, caps.encode(capabilities), create=True), group_id, self._member_bytes)
-        self._joined_groups.add(group_id)
 
     def leave_group(self, group_id: Any) -> CoordAsyncResult:
         """Leave ``group_id``; GroupNotCreated, or MemberNotJoined if this member is not in it."""
-        result = self._submit(lambda: Leave(group_id), group_id=group_id, member_id=self._member_bytes)
-        if isinstance(result, CoordinatorResult):
-            result._future.add_done_callback(lambda f: self._joined_groups.discard(group_id))  # noqa: SLF001
-        return result
+        return self._submit(lambda: Leave(group_id), group_id=group_id, member_id=self._member_bytes)
 
     def get_members(self, group_id: Any) -> CoordAsyncResult:
         """The member ids of ``group_id``, a set of bytes; GroupNotCreated."""
@@ -402,6 +396,8 @@ class CoordinationDriver:
 
         Then stand for leader where ``watch_elected_as_leader`` asked to.
         Returns the join and leave callbacks' results, as tooz does.
+        ``timeout`` is accepted for tooz's signature: the events are already
+        here (pushed), so delivering them waits for nothing.
         """
         if not self._started:
             raise ToozError("run_watchers() needs a started coordinator")
