@@ -120,6 +120,19 @@ def test_drop_swallows_traffic_silently_and_heal_lets_new_traffic_through(proxy:
         assert _recv_exactly(sock, 4) == b"back"  # what was sent during the drop never arrives
 
 
+def test_stall_holds_traffic_and_heal_delivers_all_of_it_in_order(proxy: Proxy) -> None:
+    with _client(proxy) as sock:
+        proxy.stall()
+        sock.sendall(b"one")
+        sock.sendall(b"two")
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            sock.recv(6)
+        proxy.heal()
+        sock.settimeout(5)
+        assert _recv_exactly(sock, 6) == b"onetwo"
+
+
 def test_reset_breaks_open_connections_and_refuses_new_ones_until_healed(proxy: Proxy) -> None:
     with _client(proxy) as sock:
         sock.sendall(b"x")

@@ -7,7 +7,10 @@ time, for every connection it carries:
 * :meth:`Proxy.heal` -- pass traffic through (the default);
 * :meth:`Proxy.delay` -- add latency to every chunk, both ways;
 * :meth:`Proxy.drop` -- swallow traffic silently, both ways: connections stay
-  open and nothing arrives, as in a network partition;
+  open and nothing arrives, ever (a black hole: what was sent is gone);
+* :meth:`Proxy.stall` -- hold all traffic, both ways, and deliver it when
+  healed: a network partition as TCP lives through it (retransmission gets
+  the bytes across once the network is back);
 * :meth:`Proxy.reset` -- reset every connection (TCP RST) and refuse new ones
   by resetting them at once; :meth:`Proxy.reset_connections` resets the
   current ones only, once.
@@ -184,7 +187,7 @@ class Proxy:
 
     @property
     def mode(self) -> str:
-        """The current fault: ``pass``, ``delay``, ``drop`` or ``reset``."""
+        """The current fault: ``pass``, ``delay``, ``drop``, ``stall`` or ``reset``."""
         return self._mode
 
     @property
@@ -211,6 +214,10 @@ class Proxy:
     def drop(self) -> None:
         """Swallow all traffic silently, both ways; connections stay open (a partition)."""
         self._set("drop", 0.0)
+
+    def stall(self) -> None:
+        """Hold all traffic, both ways, until :meth:`heal` delivers it (a partition TCP survives)."""
+        self._set("stall", 0.0)
 
     def reset(self) -> None:
         """Reset every open connection, and every new one as soon as it is accepted, until :meth:`heal`."""
@@ -307,7 +314,7 @@ class Proxy:
 
     def _update_interest(self, selector: selectors.BaseSelector, link: _Link, side: _Side, now: float) -> None:
         events = 0 if side.closed else selectors.EVENT_READ
-        if side.pending and side.pending[0][0] <= now:
+        if side.pending and side.pending[0][0] <= now and self._mode != "stall":
             events |= selectors.EVENT_WRITE
         try:
             current = selector.get_key(side.sock).events
@@ -346,6 +353,8 @@ class Proxy:
         self._flush(selector, link, peer)
 
     def _flush(self, selector: selectors.BaseSelector, link: _Link, side: _Side) -> None:
+        if self._mode == "stall":
+            return
         now = time.monotonic()
         while side.pending and side.pending[0][0] <= now:
             due, data = side.pending[0]
