@@ -6,6 +6,7 @@ namespace of its own and leaves every node running again.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,9 +17,9 @@ from helpers import wait_until
 
 import coordactors
 from coordactors.events import LeaderElected, LockLost, MemberJoined, SessionLost, SessionRestored
-from coordactors.messages import Acquire
+from coordactors.messages import Acquire, Release
 from coordactors.testing import EventRecorder
-from coordactors.testing.clusters import ZooKeeperEnsemble
+from coordactors.testing.clusters import EtcdCluster, ZooKeeperEnsemble
 from coordactors.testing.pytest_plugin import start_or_skip
 
 FAST = "backoff_initial=0.05&backoff_max=0.5&connect_timeout=5"
@@ -107,5 +108,55 @@ def test_losing_the_majority_loses_the_session_and_its_return_restores_it(ensemb
     assert observer.members("g") == {"worker"}
     assert observer.capabilities("g", "worker") == {"slots": 2}
     wait_until(lambda: observer.leader("g") == "worker", timeout=10)
+    again = observer.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
+    assert again.fence > lease.fence
+
+
+# -- etcd ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """Three etcd members in one cluster."""
+    cluster = start_or_skip(EtcdCluster(3))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["etcd", "etcd3"])
+def etcd_url(request: Any, etcd_cluster: EtcdCluster) -> Iterator[str]:
+    """A private namespace on the cluster, through the v2 or the v3 API; every member runs again after the test."""
+    base = etcd_cluster.url if request.param == "etcd" else etcd_cluster.url_v3
+    yield f"{base}?namespace=t{uuid.uuid4().hex[:12]}&{FAST}"
+    dead = [i for i, node in enumerate(etcd_cluster.nodes) if not node.is_running]
+    if dead:
+        etcd_cluster.restart(*dead)
+        wait_until(lambda: etcd_cluster.leader() is not None, timeout=20)
+
+
+def test_killing_the_etcd_leader_fails_over_and_keeps_leases_and_fences(etcd_cluster, etcd_url, coordinators):
+    worker, own, group, lease = _set_up_worker(coordinators, f"{etcd_url}&session_ttl=3")
+    wait_until(lambda: etcd_cluster.leader() is not None, timeout=10, message="no etcd leader")
+    leader = etcd_cluster.leader()
+
+    etcd_cluster.kill(leader)
+    # Requests go on through the other members; the session and its keys stand.
+    assert worker.members("g", timeout=15) == {"worker"}
+    assert worker.leader("g", timeout=15) == "worker"
+    worker.update_capabilities("g", {"slots": 3}, timeout=15)
+    observer = coordinators("observer", etcd_url)
+    assert observer.capabilities("g", "worker") == {"slots": 3}
+    with pytest.raises(coordactors.errors.LockTimeout):
+        observer.ask(Acquire("jobs", timeout=0), block=True, timeout=15)
+    observer.join("g")
+    group.wait_for(lambda events: MemberJoined("g", "observer") in events, timeout=15)
+    # Let a whole TTL pass: only the worker's heartbeats, through the other
+    # members, keep its membership and its lock alive.
+    threading.Event().wait(3.5)
+    lease.check()
+    assert observer.members("g") == {"worker", "observer"}
+    assert not [e for e in own.events if isinstance(e, (SessionLost, LockLost))]
+
+    worker.ask(Release(lease), block=True, timeout=15)
     again = observer.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
     assert again.fence > lease.fence

@@ -99,6 +99,13 @@ def fence_floor() -> int:
     return time.time_ns() // 1000
 
 
+RETRIED_WHEN_RESUMED = frozenset({GetGroups, GetMembers, GetCapabilities, GetLeader, UpdateCapabilities, Heartbeat})
+"""Requests that a suspended connection interrupted and that are run again
+once it resumes: reads, and writes that set a value (applying one twice is
+applying it once).  Others fail with ``ConnectionSuspended``: whether they
+were applied is unknown."""
+
+
 def drift_margin(ttl: float) -> float:
     """How much earlier than the backend a holder gives up on a TTL: 5%, at most 1 s."""
     return min(ttl * 0.05, 1.0)
@@ -251,7 +258,8 @@ class SessionActor(pykka.ThreadingActor):
         self._waiters: dict[str, collections.deque[_Waiter]] = {}
         self._parked: collections.deque[Call] = collections.deque()
         self._session_valid_until: float | None = None
-        self._suspension_timer: Any = None
+        self._suspension_timers: list[Any] = []
+        self._probe_delay = 0.0
         self._timers: list[Any] = []
         self._poll_queued = False
         self._heartbeat_queued = False
@@ -359,6 +367,12 @@ class SessionActor(pykka.ThreadingActor):
     def do_shutdown(self) -> None:
         """Deregister the session before ``close`` (graceful stop)."""
 
+    def probe(self) -> bool:
+        """While suspended: whether the session's backend answers again (one
+        cheap request).  The default, False, suits client libraries that
+        report resumption themselves (kazoo)."""
+        return False
+
     def on_resumed(self) -> None:
         """After ``resume()``: catch up with what happened while suspended
         (re-read watched groups, clean up requests whose replies were lost)."""
@@ -395,8 +409,9 @@ class SessionActor(pykka.ThreadingActor):
         valid_until = self._session_valid_until
         if valid_until is not None:
             # A precise check at the session's local expiry, between heartbeats.
-            self._suspension_timer = self.runtime.ticker.call_later(
-                max(0.0, valid_until - time.monotonic()), self._queue_heartbeat)
+            self._suspension_timers.append(self.runtime.ticker.call_later(
+                max(0.0, valid_until - time.monotonic()), self._queue_heartbeat))
+        self._probe_after(self.options.backoff_initial)
 
     def resume(self) -> None:
         """Actor thread: the suspended session is connected again, intact.
@@ -405,14 +420,35 @@ class SessionActor(pykka.ThreadingActor):
         if self.state is not SUSPENDED:
             return
         self.state = CONNECTED
-        if self._suspension_timer is not None:
-            self._suspension_timer.cancel()
-            self._suspension_timer = None
+        self._cancel_suspension_timers()
         logger.info("%r: connection resumed with the same session", self)
-        self._run_guarded(self._heartbeat)
+        self._run_guarded(self.on_resumed)
         if self.state is CONNECTED:
-            self._run_guarded(self.on_resumed)
+            self._run_guarded(self._heartbeat)
         self._serve_parked()
+
+    def _cancel_suspension_timers(self) -> None:
+        for timer in self._suspension_timers:
+            timer.cancel()
+        self._suspension_timers.clear()
+
+    def _probe_after(self, delay: float) -> None:
+        self._probe_delay = delay
+        self._suspension_timers.append(self.runtime.ticker.call_later(delay, lambda: self.tell_self(_Tick("probe"))))
+
+    def _probe(self) -> None:
+        """While suspended, with backoff: ask the backend whether the session is reachable again."""
+        try:
+            back = self.probe()
+        except Exception:  # noqa: BLE001 - still unreachable
+            logger.debug("%r: probe failed", self, exc_info=True)
+            back = False
+        if self.state is not SUSPENDED:
+            return
+        if back:
+            self.resume()
+        else:
+            self._probe_after(min(self.options.backoff_max, self._probe_delay * 2))
 
     def fail(self, cause: str) -> None:
         """Actor thread: the session is gone (expired, closed): fail it now."""
@@ -500,6 +536,7 @@ class SessionActor(pykka.ThreadingActor):
                 envelope.reply_to.set(None)
 
     def _stop_everything(self, exc: errors.CoordinationError) -> None:
+        self._cancel_suspension_timers()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -561,11 +598,15 @@ class SessionActor(pykka.ThreadingActor):
             return
         try:
             result = handler(message, call)
-        except errors.CoordinationError as exc:
-            self._reject(call, exc)
-            return
         except Exception as exc:
-            self._reject(call, self._translated(exc))
+            failure = exc if isinstance(exc, errors.CoordinationError) else self._translated(exc)
+            if isinstance(failure, errors.ConnectionSuspended) and type(message) in RETRIED_WHEN_RESUMED and self.wait_while_down:
+                # Safe to run again (a read, or setting a value): it waits
+                # for the session to resume, like a request sent meanwhile.
+                self._parked.append(call)
+                self._unavailable(failure)
+                return
+            self._reject(call, failure)
             return
         if result is not _PENDING:
             self._deliver(call, result)
@@ -854,6 +895,9 @@ class SessionActor(pykka.ThreadingActor):
                 self._run_guarded(self._heartbeat)
             elif self.state is SUSPENDED:
                 self._expire_while_suspended()
+        elif msg.kind == "probe":
+            if self.state is SUSPENDED:
+                self._probe()
         else:
             self._poll_queued = False
             if self.state is CONNECTED:
@@ -1002,9 +1046,7 @@ class SessionActor(pykka.ThreadingActor):
         """The connection is gone: every lease is lost; the supervisor restarts us."""
         if self.state is not CONNECTED and self.state is not SUSPENDED:
             return
-        if self._suspension_timer is not None:
-            self._suspension_timer.cancel()
-            self._suspension_timer = None
+        self._cancel_suspension_timers()
         suspended = self.state is SUSPENDED
         self.state = DOWN
         cause = str(exc) or type(exc).__name__

@@ -85,12 +85,14 @@ import http.client
 import json
 import logging
 import math
+import select
 import socket
 import threading
 import urllib.parse
 from typing import Any
 
 from coordactors import errors
+from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -132,29 +134,55 @@ class EtcdError(Exception):
 
 
 class _Http:
-    """One persistent HTTP/1.1 connection to the v2 keys API.
+    """One persistent HTTP/1.1 connection to the v2 keys API, on one of the URL's servers.
 
+    A connection the server closed while it sat idle is noticed before
+    anything is sent on it; connecting tries the servers in turn (see
+    :class:`Endpoints`), so a dead one costs nothing but a refused connect.
+    A request that fails once sent is not retried (it may have been
+    applied): its server is backed off and the error raised.
     ``abort`` (any thread) shuts the socket down, so a request blocked in a
     long poll ends at once; no socket is opened after it.
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float, timeout: float | None, authorization: str | None) -> None:
-        self._conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
+    def __init__(self, endpoints: Endpoints, *, connect_timeout: float, timeout: float | None, authorization: str | None) -> None:
+        self._endpoints = endpoints
+        self._connect_timeout = connect_timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._host = endpoints.current()
         self._timeout = timeout
         self._headers = {"Authorization": authorization} if authorization else {}
         self._lock = threading.Lock()
         self._closed = False
 
-    def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
-        conn = self._conn
-        if conn.sock is None:
-            conn.connect()
+    def _connect(self) -> http.client.HTTPConnection:
+        last: OSError | None = None
+        for host in self._endpoints.rotation():
+            conn = http.client.HTTPConnection(host[0].strip("[]"), host[1], timeout=self._connect_timeout)
+            try:
+                conn.connect()
+            except OSError as exc:
+                self._endpoints.failed(host)
+                last = exc
+                continue
             with self._lock:
                 if self._closed:
                     conn.close()
                     raise ConnectionAbortedError("the connection was closed")
+                self._conn, self._host = conn, host
+            self._endpoints.use(host)
             conn.sock.settimeout(self._timeout)  # type: ignore[attr-defined]
+            return conn
+        assert last is not None
+        raise last
+
+    def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
+        conn = self._conn
+        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+            conn.close()  # nothing was sent on it: safe to send on a new one
+        if conn is None or conn.sock is None:
+            conn = self._connect()
         url = KEYS + urllib.parse.quote(key, safe="/") + ("?" + urllib.parse.urlencode(query) if query else "")
         headers = dict(self._headers)
         body = None
@@ -165,9 +193,15 @@ class _Http:
             conn.request(method, url, body, headers)
             response = conn.getresponse()
             data = response.read()
-        except BaseException:
+        except BaseException as exc:
             conn.close()
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                self._endpoints.failed(self._host)
             raise
+        if response.status >= 500:
+            self._endpoints.failed(self._host)  # e.g. a member cut off from the leader: try another next time
+        else:
+            self._endpoints.succeeded(self._host)
         index = int(response.getheader("X-Etcd-Index") or 0)
         try:
             reply = json.loads(data)
@@ -184,7 +218,7 @@ class _Http:
     def abort(self) -> None:
         with self._lock:
             self._closed = True
-            sock = self._conn.sock
+            sock = self._conn.sock if self._conn is not None else None
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -193,7 +227,17 @@ class _Http:
 
     def close(self) -> None:
         self.abort()
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket was closed (or reset) by the server: readable means EOF or error."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class _Connection:
@@ -245,8 +289,9 @@ class EtcdSession(SessionActor):
     @classmethod
     def check_location(cls, options: SessionOptions) -> None:
         shown = options.redacted
-        if not options.host or "," in options.host:
-            raise errors.InvalidArgument(f"etcd:// needs one host: etcd://host[:port] (got {shown!r})")
+        if not options.host:
+            raise errors.InvalidArgument(f"etcd:// needs a host: etcd://host[:port][,host[:port]...] (got {shown!r})")
+        url_hosts(options, DEFAULT_PORT)
         if options.path.strip("/"):
             raise errors.InvalidArgument(f"an etcd:// URL has no path; use ?namespace= (got {options.path!r} in {shown!r})")
         if options.session_ttl is None:
@@ -268,6 +313,7 @@ class EtcdSession(SessionActor):
         self._member_values: dict[str, str] = {}
         """Group -> the value of this session's membership key."""
         self._views: dict[str, _View] = {}
+        self._endpoints = Endpoints(url_hosts(self.options, DEFAULT_PORT), self.options.backoff_initial, self.options.backoff_max)
 
     # -- connection ---------------------------------------------------------------
 
@@ -277,8 +323,7 @@ class EtcdSession(SessionActor):
         if options.username:
             raw = f"{options.username}:{options.password or ''}".encode()
             authorization = "Basic " + base64.b64encode(raw).decode("ascii")
-        return _Http(options.host or "127.0.0.1", options.port or DEFAULT_PORT, connect_timeout=connect_timeout,
-                     timeout=timeout, authorization=authorization)
+        return _Http(self._endpoints, connect_timeout=connect_timeout, timeout=timeout, authorization=authorization)
 
     def open(self) -> _Connection:
         """Executor thread: connect, check the namespace's layout, make what is missing, read the epoch."""
@@ -370,10 +415,23 @@ class EtcdSession(SessionActor):
         try:
             index, reply = conn.http.request(method, key, form=form, query=query)
         except EtcdError as exc:
+            if exc.status >= 500:
+                # No leader (an election, a member cut off): the keys live on
+                # in the cluster until their TTL; another server may answer.
+                raise errors.ConnectionSuspended(f"{self.url} could not serve the request ({exc}); trying again, on another server if there is one") from exc
             self._saw(exc.index)
             raise
+        except (OSError, http.client.HTTPException) as exc:
+            raise errors.ConnectionSuspended(
+                f"lost the connection to {self.url} ({type(exc).__name__}: {exc}); the session's keys live on until their TTL while the servers are tried again"
+            ) from exc
         self._saw(index)
         return reply
+
+    def probe(self) -> bool:
+        """While suspended: one read, from any server of the URL."""
+        self._request("GET", self._root)
+        return True
 
     def _saw(self, index: int) -> None:
         if index < self._max_index:
@@ -680,6 +738,11 @@ class EtcdSession(SessionActor):
     def _follow(self, conn: _Connection, index: int) -> None:
         """Reader thread: long-poll etcd's event history, one event per reply."""
         query = {"wait": "true", "recursive": "true"}
+        # With several servers, a long poll that broke (its server died, lost
+        # the leader) is sent again to another: it is a read, from the same
+        # index, so nothing is missed.  Each try connects to the next server.
+        retries = 2 * len(self._endpoints) if len(self._endpoints) > 1 else 0
+        failures = 0
         while not conn.stopping.is_set():
             try:
                 _index, event = conn.watch.request("GET", self._root, query={**query, "waitIndex": index})
@@ -688,20 +751,29 @@ class EtcdSession(SessionActor):
                     index = exc.index + 1
                     self.run_on_actor(self._on_gap, conn, exc.index)
                     continue
+                if exc.status >= 500 and failures < retries:
+                    failures += 1
+                    conn.stopping.wait(min(self.options.backoff_max, self.options.backoff_initial * failures))
+                    continue
                 if not conn.stopping.is_set():
                     self.run_on_actor(self._reader_failed, conn, exc)
                 return
             except Exception as exc:  # noqa: BLE001 - a socket closed under http.client raises several kinds
+                if not conn.stopping.is_set() and failures < retries:
+                    failures += 1
+                    conn.stopping.wait(min(self.options.backoff_max, self.options.backoff_initial * failures))
+                    continue
                 if not conn.stopping.is_set():
                     self.run_on_actor(self._reader_failed, conn, exc)
                 return
+            failures = 0
             node = event.get("node") or {}
             index = int(node.get("modifiedIndex", index)) + 1
             self.run_on_actor(self._on_event, conn, event)
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
-            raise errors.BackendUnavailable(f"lost the event stream of {self.url}: {exc}") from exc
+            self.fail(f"lost the event stream of {self.url}: {type(exc).__name__}: {exc}")
 
     def _on_gap(self, conn: _Connection, index: int) -> None:
         if conn is not self.conn:

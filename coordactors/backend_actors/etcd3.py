@@ -67,6 +67,7 @@ from etcd3gw import exceptions as etcd_exceptions
 from etcd3gw.client import Etcd3Client
 
 from coordactors import errors
+from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -107,6 +108,16 @@ def _api_path(value: str, what: str) -> str:
     return path
 
 
+DEFAULT_PORT = 2379
+
+_CONNECT_FAILED = "Failed to establish a new connection"
+"""In requests' message when a connection could not even be made: nothing was sent."""
+
+
+class _WatchCancelled(ConnectionError):
+    """etcd cancelled the watch (its start revision was compacted...): re-opening it cannot help."""
+
+
 class _Connection:
     """The gateway client, the session lease and the watch stream's reader."""
 
@@ -117,6 +128,9 @@ class _Connection:
         self.auth_token = token
         self.watch: http.client.HTTPConnection | None = None
         self.stream: http.client.HTTPResponse | None = None
+        self.watch_host: tuple[str, int] | None = None
+        self.next_revision = revision + 1
+        """Where a re-opened watch stream starts: after the last event read."""
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
         self.revoked = False
@@ -135,8 +149,15 @@ class Etcd3Session(SessionActor):
     OPTIONS = {"namespace": text, "request_timeout": seconds, "api_path": _api_path}
     LEASE_TTL = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._endpoints = Endpoints(url_hosts(self.options, DEFAULT_PORT), self.options.backoff_initial, self.options.backoff_max)
+
     @classmethod
     def check_location(cls, options: SessionOptions) -> None:
+        if not options.host:
+            raise errors.InvalidArgument(f"{options.scheme}:// needs a host: {options.scheme}://host[:port][,host[:port]...] (got {options.redacted!r})")
+        url_hosts(options, DEFAULT_PORT)
         if options.path.strip("/"):
             raise errors.InvalidArgument(
                 f"an etcd3+http:// URL has no path: use ?namespace= to isolate state (got {options.path!r} in {options.redacted!r})"
@@ -163,9 +184,10 @@ class Etcd3Session(SessionActor):
     def open(self) -> _Connection:
         options = self.options
         session = requests.Session()
+        host, port = self._endpoints.current()
         client = Etcd3Client(
-            host=options.host or "127.0.0.1",
-            port=options.port or 2379,
+            host=host,
+            port=port,
             timeout=(min(options.connect_timeout, self._timeout), self._timeout),  # type: ignore[arg-type]
             api_path=options.extra.get("api_path", "/v3/"),
             session=session,
@@ -173,11 +195,11 @@ class Etcd3Session(SessionActor):
         try:
             token = None
             if options.username is not None:
-                reply = client.post(client.get_url("/auth/authenticate"), json={"name": options.username, "password": options.password})
+                reply = self._call(client, "/auth/authenticate", {"name": options.username, "password": options.password})
                 token = reply["token"]
                 session.headers["Authorization"] = token
             ttl = max(1, math.ceil(self.options.session_ttl or 1))
-            granted = client.post(client.get_url("/lease/grant"), json={"TTL": ttl, "ID": 0})
+            granted = self._call(client, "/lease/grant", {"TTL": ttl, "ID": 0})
             if "ID" not in granted:
                 raise errors.BackendUnavailable(f"{options.redacted} granted no lease: {granted.get('error', granted)!r}")
             return _Connection(client, int(granted["ID"]), int(granted["header"]["revision"]), token)
@@ -223,17 +245,33 @@ class Etcd3Session(SessionActor):
     # -- the watch stream ---------------------------------------------------------
 
     def _open_watch(self, conn: _Connection) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Open the namespace's watch stream on its own HTTP connection (requests
+        """Open the namespace's watch stream, from ``conn.next_revision``, on
+        any server of the URL that accepts it."""
+        last: Exception | None = None
+        for host in self._endpoints.rotation():
+            try:
+                opened = self._open_watch_on(conn, host)
+            except (OSError, http.client.HTTPException, errors.BackendUnavailable) as exc:
+                self._endpoints.failed(host)
+                last = exc
+                continue
+            conn.watch_host = host
+            return opened
+        assert last is not None
+        raise last
+
+    def _open_watch_on(self, conn: _Connection, host: tuple[str, int]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Open the watch stream on its own HTTP connection to ``host`` (requests
         cannot be interrupted mid-read from another thread; a raw socket can)."""
         prefix = self._ns.encode("utf-8")
         request = {
             "create_request": {
                 "key": _b64(prefix),
                 "range_end": _b64(_prefix_end(prefix)),
-                "start_revision": conn.revision + 1,
+                "start_revision": conn.next_revision,
             }
         }
-        http_conn = http.client.HTTPConnection(self.options.host or "127.0.0.1", self.options.port or 2379, timeout=self._timeout)
+        http_conn = http.client.HTTPConnection(host[0].strip("[]"), host[1], timeout=self._timeout)
         headers = {"Content-Type": "application/json"}
         if conn.auth_token is not None:
             headers["Authorization"] = conn.auth_token
@@ -255,39 +293,66 @@ class Etcd3Session(SessionActor):
         return http_conn, response
 
     def _follow(self, conn: _Connection) -> None:
-        """Reader thread: parse the stream, hand each batch of events to the actor."""
+        """Reader thread: read the stream; with several servers, re-open it on
+        another (from the revision after the last event read) when it breaks."""
+        retries = 2 * len(self._endpoints) if len(self._endpoints) > 1 else 0
+        failures = 0
         response = conn.stream
-        assert response is not None
-        try:
-            while not conn.stopping.is_set():
-                line = response.readline()
-                if not line:
-                    raise ConnectionError("the server closed the watch stream")
-                if not line.strip():
-                    continue
-                result = json.loads(line).get("result")
-                if result is None:
-                    raise ConnectionError(f"the watch stream reported {line[:200]!r}")
-                if result.get("canceled") or result.get("compact_revision"):
-                    raise ConnectionError(f"the server cancelled the watch: {result.get('cancel_reason', 'compacted')}")
-                events = [
-                    (
-                        event.get("type", "PUT"),
-                        _unb64(event["kv"]["key"]).decode("utf-8", "replace"),
-                        _unb64(event["kv"].get("value", "")),
-                        int(event["kv"].get("mod_revision", 0)),
-                    )
-                    for event in result.get("events", ())
-                ]
-                if events:
-                    self.run_on_actor(self._on_events, conn, events)
-        except Exception as exc:  # noqa: BLE001 - any end of the stream fails the session
-            if not conn.stopping.is_set():
-                self.run_on_actor(self._watch_failed, conn, exc)
+        while not conn.stopping.is_set():
+            opened_at = conn.next_revision
+            try:
+                if response is None:
+                    conn.watch, response = self._open_watch(conn)
+                    conn.stream = response
+                    if conn.stopping.is_set():  # close() may have missed the new socket
+                        conn.watch.close()
+                        return
+                self._read_stream(conn, response)
+            except Exception as exc:  # noqa: BLE001 - any end of the stream
+                if conn.stopping.is_set():
+                    return
+                if conn.next_revision > opened_at:
+                    failures = 0  # the stream had delivered: a new failure, not the same one
+                if failures >= retries or isinstance(exc, _WatchCancelled):
+                    self.run_on_actor(self._watch_failed, conn, exc)
+                    return
+                failures += 1
+                if conn.watch_host is not None:
+                    self._endpoints.failed(conn.watch_host)
+                if conn.watch is not None:
+                    conn.watch.close()
+                response = None
+                conn.stopping.wait(min(self.options.backoff_max, self.options.backoff_initial * failures))
+
+    def _read_stream(self, conn: _Connection, response: http.client.HTTPResponse) -> None:
+        """Parse the stream, hand each batch of events to the actor; return when stopping."""
+        while not conn.stopping.is_set():
+            line = response.readline()
+            if not line:
+                raise ConnectionError("the server closed the watch stream")
+            if not line.strip():
+                continue
+            result = json.loads(line).get("result")
+            if result is None:
+                raise ConnectionError(f"the watch stream reported {line[:200]!r}")
+            if result.get("canceled") or result.get("compact_revision"):
+                raise _WatchCancelled(f"the server cancelled the watch: {result.get('cancel_reason', 'compacted')}")
+            events = [
+                (
+                    event.get("type", "PUT"),
+                    _unb64(event["kv"]["key"]).decode("utf-8", "replace"),
+                    _unb64(event["kv"].get("value", "")),
+                    int(event["kv"].get("mod_revision", 0)),
+                )
+                for event in result.get("events", ())
+            ]
+            if events:
+                conn.next_revision = max(revision for *_rest, revision in events) + 1
+                self.run_on_actor(self._on_events, conn, events)
 
     def _watch_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
-            raise errors.BackendUnavailable(f"lost the watch stream of {self.url}: {exc}") from exc
+            self.fail(f"lost the watch stream of {self.url}: {type(exc).__name__}: {exc}")
 
     def _on_events(self, conn: _Connection, events: list[tuple[str, str, bytes, int]]) -> None:
         if conn is not self.conn:
@@ -344,8 +409,35 @@ class Etcd3Session(SessionActor):
         return f"{self._ns}locks/{_q(name)}"
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        client = self.conn.client
-        return client.post(client.get_url(path), json=body)
+        return self._call(self.conn.client, path, body)
+
+    def _call(self, client: Etcd3Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the server in use; one that refuses the connection (nothing
+        was sent) is backed off and the next is tried.  A server that failed
+        once the request was sent (timed out, 5xx: no leader) is backed off
+        too, and the error raised: the request may have been applied."""
+        for _attempt in range(len(self._endpoints)):
+            host = (client.host, client.port)
+            try:
+                return client.post(client.get_url(path), json=body)  # type: ignore[no-any-return]
+            except etcd_exceptions.ConnectionFailedError as exc:
+                self._switch(client, host)
+                if _CONNECT_FAILED not in (exc.detail_text or ""):
+                    raise
+                last: Exception = exc
+            except (etcd_exceptions.ConnectionTimeoutError, etcd_exceptions.InternalServerError):
+                self._switch(client, host)
+                raise
+        raise last
+
+    def _switch(self, client: Etcd3Client, host: tuple[str, int]) -> None:
+        self._endpoints.failed(host)
+        client.host, client.port = self._endpoints.current()
+
+    def probe(self) -> bool:
+        """While suspended: one read, from any server of the URL."""
+        self._post("/kv/range", {"key": _b64(self._ns + "epoch"), "keys_only": True})
+        return True
 
     def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]], failure: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """One transaction: ``success`` if every ``compare`` holds, else ``failure``."""
@@ -652,9 +744,13 @@ class Etcd3Session(SessionActor):
                 message = detail
             if "authentication failed" in message or "invalid auth token" in message or "permission denied" in message or "user name" in message:
                 return errors.BackendUnavailable(f"{self.url} refused the credentials ({message})")
-            if isinstance(exc, (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError)):
-                return errors.BackendUnavailable(f"{self.url} is unreachable: {message or type(exc).__name__}")
+            if isinstance(exc, (etcd_exceptions.ConnectionFailedError, etcd_exceptions.ConnectionTimeoutError, etcd_exceptions.InternalServerError)):
+                # The session's lease lives on in the cluster until its TTL;
+                # another server (or this one, back) may answer.
+                return errors.ConnectionSuspended(f"{self.url} is unreachable or cannot serve now: {message[:300] or type(exc).__name__}")
             return errors.BackendUnavailable(f"{self.url} failed: {message[:300] or type(exc).__name__}")
-        if isinstance(exc, (requests.RequestException, http.client.HTTPException, OSError, ValueError, KeyError)):
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, http.client.HTTPException, OSError)):
+            return errors.ConnectionSuspended(f"{self.url} is unreachable: {type(exc).__name__}: {exc}")
+        if isinstance(exc, (requests.RequestException, ValueError, KeyError)):
             return errors.BackendUnavailable(f"{self.url} is unreachable or answered garbage: {type(exc).__name__}: {exc}")
         return super().translate_error(exc)

@@ -106,6 +106,7 @@ from kazoo.protocol.states import EventType, KazooState  # type: ignore[import-u
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped]
 
 from coordactors import errors
+from coordactors.backend_actors._endpoints import url_hosts
 from coordactors.backend_actors.base import SessionActor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -145,26 +146,7 @@ def decode_name(node: str) -> str:
 
 def kazoo_hosts(options: SessionOptions) -> str:
     """The URL's hosts as kazoo's ``host:port,host:port`` (port 2181 by default)."""
-    # Taken from the URL text: urllib's hostname/port see only one host.
-    netloc = options.redacted.partition("://")[2]
-    for stop in "/?#":
-        netloc = netloc.partition(stop)[0]
-    netloc = netloc.rpartition("@")[2]
-    hosts = []
-    for part in netloc.split(","):
-        part = part.strip()
-        if part.startswith("["):  # [v6]:port
-            host, _, rest = part[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ""
-            host = f"[{host}]"
-        elif part.count(":") == 1:
-            host, _, port = part.partition(":")
-        else:
-            host, port = part, ""
-        if not host or host == "[]" or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-            raise errors.InvalidArgument(f"malformed host {part!r} in {options.redacted!r}: expected host[:port][,host[:port]...]")
-        hosts.append(f"{host}:{port or DEFAULT_PORT}")
-    return ",".join(hosts)
+    return ",".join(f"{host}:{port}" for host, port in url_hosts(options, DEFAULT_PORT))
 
 
 def _path_segments(value: str, what: str, shown: str) -> list[str]:
