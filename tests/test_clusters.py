@@ -19,7 +19,7 @@ import coordactors
 from coordactors.events import LeaderElected, LockLost, MemberJoined, SessionLost, SessionRestored
 from coordactors.messages import Acquire, Release
 from coordactors.testing import EventRecorder
-from coordactors.testing.clusters import EtcdCluster, ZooKeeperEnsemble
+from coordactors.testing.clusters import EtcdCluster, RedisSentinelCluster, ZooKeeperEnsemble
 from coordactors.testing.pytest_plugin import start_or_skip
 
 FAST = "backoff_initial=0.05&backoff_max=0.5&connect_timeout=5"
@@ -160,3 +160,42 @@ def test_killing_the_etcd_leader_fails_over_and_keeps_leases_and_fences(etcd_clu
     worker.ask(Release(lease), block=True, timeout=15)
     again = observer.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
     assert again.fence > lease.fence
+
+
+# -- Redis with Sentinel -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sentinel_cluster() -> Iterator[RedisSentinelCluster]:
+    """A Redis primary, one replica and three sentinels (one per test: a failover changes who is primary)."""
+    cluster = start_or_skip(RedisSentinelCluster())
+    yield cluster
+    cluster.stop()
+
+
+def test_a_sentinel_failover_costs_the_lock_but_never_leaves_two_holders(sentinel_cluster, coordinators):
+    url = f"{sentinel_cluster.url}&namespace=t{uuid.uuid4().hex[:12]}&{FAST}&session_ttl=2"
+    holder, other = coordinators("holder", url), coordinators("other", url)
+    lost_at: list[float] = []
+    own = EventRecorder()
+    holder.subscribe(own)
+    holder.subscribe(lambda event: lost_at.append(time.time()) if isinstance(event, LockLost) else None)
+    holder.join("g", {"slots": 1}, create=True)
+    lease = holder.ask(Acquire("jobs", ttl=2), block=True, timeout=10)
+    waiting = other.submit(Acquire("jobs", timeout=60))
+    wait_until(lambda: other.statistics()["waiting"] == 1)
+
+    sentinel_cluster.kill(0)  # the primary
+    promoted = sentinel_cluster.wait_for_master(not_index=0, timeout=30)
+    granted = waiting.result(timeout=60)
+    # The holder was told before the other was granted: never two holders.
+    own.wait_for(lambda events: any(isinstance(e, LockLost) and e.name == "jobs" for e in events), timeout=10)
+    assert lost_at and lost_at[0] < granted.acquired_at
+    with pytest.raises(coordactors.errors.LockLost):
+        lease.check()
+    assert granted.fence > lease.fence  # even if the promoted replica's counter was behind
+
+    # Both follow the promoted replica: the holder's session is restored there.
+    own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events), timeout=30)
+    assert other.members("g", timeout=10) == {"holder"}
+    assert sentinel_cluster.master_index() == promoted

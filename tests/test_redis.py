@@ -42,6 +42,16 @@ def test_fences_keep_rising_after_the_server_loses_its_data(coordinators, url, r
     assert second.fence > first.fence
 
 
+def test_fences_keep_rising_when_the_counter_falls_behind(coordinators, url, raw):
+    # As after a failover to a replica that had not received the last INCRs.
+    coord = coordinators("a", url)
+    first = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    coord.ask(Release(first), block=True, timeout=10)
+    raw.set(f"{_namespace(url)}:fence:jobs", first.fence - 10)
+    second = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    assert second.fence > first.fence
+
+
 def test_a_lock_key_taken_by_someone_else_is_reported_lost_on_refresh(coordinators, url, raw):
     coord = coordinators("a", url + "&heartbeat_interval=0.05")
     own = EventRecorder()

@@ -101,11 +101,13 @@ ACQUIRE = """
 -- KEYS: 1 lock key, 2 fence key, 3 events stream
 -- ARGV: 1 '<token>|', 2 '|<member>', 3 ttl ms, 4 fence floor, 5 leader group or '', 6 member, 7 stream maxlen
 -- Returns: the new fence, or false if the lock is held.
--- The fence comes from the counter; a counter that is missing (first use,
--- or a server that lost its data) is seeded from a clock-derived floor so
--- fences never go backwards.
+-- The fence comes from the counter, first raised to a clock-derived floor
+-- (microseconds) if it is below it: a counter that is missing (first use, a
+-- server that lost its data) or behind (a replica promoted before the last
+-- INCRs reached it) never hands out a fence lower than one already given.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[4]) end
+local counter = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if counter < tonumber(ARGV[4]) then redis.call('SET', KEYS[2], ARGV[4]) end
 local fence = redis.call('INCR', KEYS[2])
 -- Lua 5.1 would print a 16-digit number as 1.79e+15: format it exactly.
 redis.call('SET', KEYS[1], ARGV[1] .. string.format('%d', fence) .. ARGV[2], 'PX', ARGV[3])
