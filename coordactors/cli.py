@@ -8,6 +8,8 @@ and stream a group's events as JSON lines::
     coordactors leader URL GROUP
     coordactors groups URL
     coordactors watch URL GROUP [--count N] [--timeout S]
+    coordactors check URL [--nemesis ...]      (coordactors.testing.checker)
+    coordactors bench [URL...]                 (coordactors.bench)
 
 Exit statuses follow ``sysexits.h`` so that scripts can tell a busy lock
 (75: try again later) from a broken setup (64, 69); see :data:`EXIT_STATUSES`.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import queue
@@ -382,6 +385,24 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# -- commands of their own ------------------------------------------------------------
+
+DELEGATED = {
+    "check": ("coordactors.testing.checker", "check a backend's locks under faults, as Jepsen does (its own --help)"),
+    "bench": ("coordactors.bench", "benchmark against the raw clients and tooz (its own --help)"),
+}
+"""Commands with a parser of their own: everything after the name goes to their ``main(argv)``."""
+
+
+def _delegate(name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(DELEGATED[name][0])
+    except ImportError as exc:  # an extra's library is missing (e.g. pip install coordactors[bench])
+        _say(name, f"cannot run: {exc}")
+        return EX_UNAVAILABLE
+    return int(module.main(argv))
+
+
 # -- parser -----------------------------------------------------------------------
 
 
@@ -475,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=_seconds, metavar="S",
                        help="stop after S seconds (exit 0; 75 if --count was given and not reached)")
     watch.set_defaults(run=_cmd_watch)
+
+    for name, (_module, summary) in DELEGATED.items():
+        commands.add_parser(name, help=summary, add_help=False)
     return parser
 
 
@@ -503,8 +527,11 @@ def _exit_status(exc: errors.CoordinationError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``coordactors`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in DELEGATED:
+        return _delegate(words[0], words[1:])
     parser = build_parser()
-    words, command = _split_command(list(sys.argv[1:] if argv is None else argv))
+    words, command = _split_command(words)
     args = parser.parse_args(words)
     if args.command_name == "lock":
         args.command = args.command + command

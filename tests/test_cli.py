@@ -304,3 +304,9 @@ def test_an_unreachable_server_exits_69_without_traceback_or_password(command: l
     assert "unreachable" in result.stderr and "redis://user:***@127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_is_the_safety_checker_with_its_own_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "coordactors", "check", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: coordactors check" in result.stdout and "--nemesis" in result.stdout
