@@ -33,7 +33,7 @@ setup(
         **BACKENDS,
         "all": ALL,
         "test": [*ALL, "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "tooz==8.1.0"],
-        "bench": ["tooz==8.1.0", "hdrhistogram>=0.10", "matplotlib>=3.8"],
+        "bench": ["tooz==8.1.0", "hdrhistogram>=0.10", "matplotlib>=3.8", "sysv_ipc>=1.1", "py-spy>=0.3", "pyinstrument>=4.6"],
     },
     entry_points={"console_scripts": ["coordactors-demo=coordactors.demo:main", "coordactors=coordactors.cli:main"]},
     classifiers=[

@@ -1,0 +1,1 @@
+"""``python -m benchmarks``: the coordactors benchmark suite (see coordactors.bench)."""

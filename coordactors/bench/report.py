@@ -1,0 +1,199 @@
+"""Writers: the JSON document, the Markdown tables and the PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ["write_all"]
+
+CONTENDERS = ("raw", "ask", "submit", "asyncio", "tooz")
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 10_000:
+        return f"{value / 1000:.1f} ms"
+    return f"{value:.0f} µs"
+
+
+def _index(results: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    return {(r["backend"], r["operation"], r["contender"], r["mode"]): r for r in results}
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    m = data["machine"]
+    floors = data["floors"]
+    lines = [
+        "# coordactors benchmark",
+        "",
+        f"Run {data['date']} on {m.get('cpu', '?')} ({m['cpus']} CPUs, {m.get('memory', '?')}), {m['platform']}, Python {m['python']}.",
+        f"Load average at start {m['loadavg_at_start']}, at end {data['loadavg_at_end']} (other jobs shared the machine: compare within this run).",
+        f"Settings: {data['settings']}.",
+        "",
+        f"Floors: bare `queue.SimpleQueue` thread ping-pong p50 **{floors['queue_pingpong']['p50_us']:.0f} µs** "
+        f"(p99 {floors['queue_pingpong']['p99_us']:.0f} µs); plain pykka `ask` p50 {floors['pykka_ask']['p50_us']:.0f} µs "
+        f"(medians of {len(data.get('floor_runs', [floors]))} measurements between backends; ping-pong p50 ranged "
+        f"{min(r['queue_pingpong']['p50_us'] for r in data.get('floor_runs', [floors])):.0f}–"
+        f"{max(r['queue_pingpong']['p50_us'] for r in data.get('floor_runs', [floors])):.0f} µs).",
+        "",
+        "Contenders: **raw** = the same backend protocol issued by the client library on the caller's thread (no actor); "
+        "**ask** / **submit** / **asyncio** = coordactors' `Coordinator.ask(block=True)`, `submit()`, `await request()`; "
+        "**tooz** = tooz 8.1.0's driver for the same server. Latencies are p50 (p99) of one whole operation.",
+        "",
+    ]
+    for name, note in data["backends"].items():
+        lines.append(f"- {name}: {note}")
+    for name, why in data.get("skipped", {}).items():
+        lines.append(f"- {name}: **not run** ({why})")
+    lines.append("")
+    rows = _index(data["results"])
+    ops = data["settings"]["operations"]
+    for op in ops:
+        title = data["operation_titles"][op]
+        lines += [f"## {title}, one caller", "", "| backend | " + " | ".join(CONTENDERS) + " | ask − raw |", "|---" * (len(CONTENDERS) + 2) + "|"]
+        for backend in data["backends"]:
+            cells = []
+            for contender in CONTENDERS:
+                r = rows.get((backend, op, contender, "c1"))
+                if r is None:
+                    cells.append("–")
+                elif r.get("sample"):
+                    cells.append(f"{_fmt(r['sample']['p50_us'])} ({_fmt(r['sample']['p99_us'])})")
+                else:
+                    cells.append("n/a")
+            ask, raw = rows.get((backend, op, "ask", "c1")), rows.get((backend, op, "raw", "c1"))
+            diff = (f"{ask['sample']['p50_us'] - raw['sample']['p50_us']:.0f} µs"
+                    if ask and raw and ask.get("sample") and raw.get("sample") else "–")
+            lines.append(f"| {backend} | " + " | ".join(cells) + f" | {diff} |")
+        lines.append("")
+    for op in data["settings"]["sweep_operations"]:
+        columns = [("ask", "c1"), ("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"),
+                   ("raw", "c1"), ("raw", "sep16"), ("tooz", "c1"), ("tooz", "sep16")]
+        lines += [f"## {data['operation_titles'][op]}: throughput (operations/s) by callers", "",
+                  "cN = N callers sharing one coordinator (asyncio: N tasks on one loop); sep16 = 16 callers with a coordinator/connection each.", "",
+                  "| backend | " + " | ".join(f"{c} {m}" for c, m in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for backend in data["backends"]:
+            cells = []
+            for contender, mode in columns:
+                r = rows.get((backend, op, contender, mode))
+                cells.append(f"{r['sample']['throughput']:.0f}" if r and r.get("sample") else ("n/a" if r else "–"))
+            lines.append(f"| {backend} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if data.get("heartbeat"):
+        lines += ["## Heartbeat with many leases held", "", "| backend | contender | leases | p50 | p99 | round-trip equivalents |", "|---|---|---|---|---|---|"]
+        for r in data["heartbeat"]:
+            if r.get("sample"):
+                eq = f"{r['sample']['p50_us'] / r['round_trip_us']:.1f}" if r.get("round_trip_us") else "–"
+                lines.append(f"| {r['backend']} | {r['contender']} | {r['leases']} | {_fmt(r['sample']['p50_us'])} | {_fmt(r['sample']['p99_us'])} | {eq} |")
+            else:
+                lines.append(f"| {r['backend']} | {r['contender']} | {r['leases']} | n/a | | {r.get('error', '')} |")
+        lines.append("")
+    if data.get("events"):
+        lines += ["## Event latency (join in one coordinator -> MemberJoined at another's subscriber)", "",
+                  "| backend | how | p50 | p90 | p99 |", "|---|---|---|---|---|"]
+        for r in data["events"]:
+            if r.get("sample"):
+                s = r["sample"]
+                how = "pushed" if r["pushed"] else f"polled every {r['poll_interval']} s"
+                lines.append(f"| {r['backend']} | {how} | {_fmt(s['p50_us'])} | {_fmt(s['p90_us'])} | {_fmt(s['p99_us'])} |")
+            else:
+                lines.append(f"| {r['backend']} | | n/a: {r.get('error', '')} | | |")
+        lines.append("")
+    if data.get("failover"):
+        lines += ["## Failover (holder SIGKILLed -> waiting member granted)", "", "| backend | ttl | p50 | worst |", "|---|---|---|---|"]
+        for r in data["failover"]:
+            if r.get("sample"):
+                lines.append(f"| {r['backend']} | {r['ttl']} s | {r['sample']['p50_us'] / 1e6:.2f} s | {r['sample']['max_us'] / 1e6:.2f} s |")
+            else:
+                lines.append(f"| {r['backend']} | | n/a: {r.get('error', '')} | |")
+        lines.append("")
+    targets = data.get("targets", [])
+    failed = [t for t in targets if not t["ok"]]
+    lines += ["## Targets", "", f"{len(targets) - len(failed)} of {len(targets)} checks hold.", ""]
+    if failed:
+        lines += ["| target | backend | what | measured | limit | detail |", "|---|---|---|---|---|---|"]
+        for t in failed:
+            lines.append(f"| {t['target']} | {t['backend']} | {t['what']} | {t['value']} | {t['limit']} | {t['detail']} |")
+        lines.append("")
+    errors_ = [r for r in data["results"] if r.get("error") and "NotSupported" not in r["error"] and "NotImplemented" not in r["error"]]
+    if errors_:
+        lines += ["## Errors", ""]
+        lines += [f"- {r['backend']} {r['operation']} {r['contender']} {r['mode']}: {r['error']}" for r in errors_]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(data: dict[str, Any], directory: str) -> list[str]:
+    """PNG plots: one-caller p50 per backend and contender; throughput by callers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _index(data["results"])
+    backends = list(data["backends"])
+    written = []
+    for op in data["settings"]["operations"]:
+        fig, ax = plt.subplots(figsize=(max(6, len(backends) * 1.1), 4.2))
+        width = 0.8 / len(CONTENDERS)
+        for i, contender in enumerate(CONTENDERS):
+            values = []
+            for backend in backends:
+                r = rows.get((backend, op, contender, "c1"))
+                values.append(r["sample"]["p50_us"] if r and r.get("sample") else 0)
+            ax.bar([x + i * width for x in range(len(backends))], values, width, label=contender)
+        ax.axhline(data["floors"]["queue_pingpong"]["p50_us"], color="grey", linestyle="--", linewidth=1, label="thread ping-pong")
+        ax.set_yscale("log")
+        ax.set_ylabel("p50 latency (µs, log)")
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(backends))], backends, rotation=30)
+        ax.set_title(f"{data['operation_titles'][op]}, one caller")
+        ax.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        path = os.path.join(directory, f"latency-{op}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    for op in data["settings"]["sweep_operations"]:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for backend in backends:
+            xs, ys = [], []
+            for callers, mode in ((1, "c1"), (4, "c4"), (16, "c16")):
+                r = rows.get((backend, op, "ask", mode))
+                if r and r.get("sample"):
+                    xs.append(callers)
+                    ys.append(r["sample"]["throughput"])
+            if xs:
+                ax.plot(xs, ys, marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("callers sharing one coordinator (ask)")
+        ax.set_ylabel("operations / s")
+        ax.set_title(f"{data['operation_titles'][op]}: throughput")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = os.path.join(directory, f"throughput-{op}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_all(data: dict[str, Any], directory: str, *, with_plots: bool = True) -> list[str]:
+    """Write results.json, results.md and the plots into ``directory``; return the paths."""
+    os.makedirs(directory, exist_ok=True)
+    json_path = os.path.join(directory, "results.json")
+    with open(json_path, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=1, sort_keys=False)
+        out.write("\n")
+    md_path = os.path.join(directory, "results.md")
+    with open(md_path, "w", encoding="utf-8") as out:
+        out.write(markdown(data))
+        out.write("\n")
+    written = [json_path, md_path]
+    if with_plots:
+        written += plots(data, directory)
+    return written

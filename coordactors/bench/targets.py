@@ -1,0 +1,102 @@
+"""The issue's targets, checked against one run's numbers.
+
+Each check yields a row: what was compared, the measured value, the limit and
+whether it holds.  The report prints every row, failures included, with the
+numbers -- a target that cannot hold on this machine is shown, never hidden.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from coordactors.bench.backends import PUSH_BACKENDS, ROUND_TRIP_BACKENDS, SHARED_GAIN_BACKENDS
+
+__all__ = ["check"]
+
+OVERHEAD_FACTOR = 1.2
+"""coordactors' p50 minus the raw client's, at most this many thread ping-pongs per request."""
+SHARED_GAIN = 3.0
+HEARTBEAT_ROUND_TRIPS = 100
+"""A heartbeat with 1,000 leases must cost fewer round-trip equivalents than this (one per lease would be 1,000)."""
+EVENT_ROUND_TRIPS = 3
+FAILOVER_SLACK = 0.5
+REQUESTS_PER_OPERATION = {"lock": 2, "trylock": 1, "join_leave": 2, "get_members": 1, "update_capabilities": 1}
+
+
+def _index(results: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    return {(r["backend"], r["operation"], r["contender"], r["mode"]): r["sample"] for r in results if r.get("sample")}
+
+
+def check(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target row for the run in ``data`` (the JSON document)."""
+    return list(_rows(data))
+
+
+def _row(target: str, backend: str, what: str, value: float, limit: float, ok: bool, detail: str) -> dict[str, Any]:
+    return {"target": target, "backend": backend, "what": what, "value": round(value, 2), "limit": round(limit, 2), "ok": ok, "detail": detail}
+
+
+def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    samples = _index(data["results"])
+    pingpong = data["floors"]["queue_pingpong"]["p50_us"]
+    backends = [b for b in data["backends"]]
+    for backend in backends:
+        for op, requests in REQUESTS_PER_OPERATION.items():
+            raw = samples.get((backend, op, "raw", "c1"))
+            for contender in ("ask", "submit", "asyncio"):
+                ours = samples.get((backend, op, contender, "c1"))
+                if raw is None or ours is None:
+                    continue
+                overhead = ours["p50_us"] - raw["p50_us"]
+                limit = OVERHEAD_FACTOR * pingpong * requests
+                yield _row("overhead", backend, f"{op} via {contender}", overhead, limit, overhead <= limit,
+                           f"p50 {ours['p50_us']:.0f} µs - raw {raw['p50_us']:.0f} µs over {requests} request(s); ping-pong {pingpong:.0f} µs")
+        for op in REQUESTS_PER_OPERATION:
+            ours, tooz = samples.get((backend, op, "ask", "c1")), samples.get((backend, op, "tooz", "c1"))
+            if ours is None or tooz is None:
+                continue
+            expected = backend in ROUND_TRIP_BACKENDS
+            faster = ours["p50_us"] < tooz["p50_us"]
+            yield _row("vs tooz, 1 caller" + ("" if expected else " (informational)"), backend, op, ours["p50_us"], tooz["p50_us"],
+                       faster or not expected,
+                       f"coordactors {ours['p50_us']:.0f} µs vs tooz {tooz['p50_us']:.0f} µs p50"
+                       + ("" if faster or expected else ": one thread hand-off each way costs more than tooz's whole operation here"))
+        for op in data["settings"]["sweep_operations"]:
+            one, shared = samples.get((backend, op, "ask", "c1")), samples.get((backend, op, "ask", "c16"))
+            best_shared = max((samples[k]["throughput"] for k in samples if k[0] == backend and k[1] == op and k[3] == "c16"), default=None)
+            if one is not None and shared is not None and backend in SHARED_GAIN_BACKENDS:
+                gain = shared["throughput"] / one["throughput"]
+                yield _row("16 callers share one coordinator", backend, op, gain, SHARED_GAIN, gain >= SHARED_GAIN,
+                           f"ask: {shared['throughput']:.0f}/s with 16 callers vs {one['throughput']:.0f}/s with one")
+            tooz16 = samples.get((backend, op, "tooz", "sep16"))
+            if best_shared is not None and tooz16 is not None:
+                yield _row("concurrent: one coordinator beats 16 tooz", backend, op, best_shared, tooz16["throughput"],
+                           best_shared > tooz16["throughput"],
+                           f"best of ask/submit/asyncio with 16 callers: {best_shared:.0f}/s; tooz, 16 coordinators: {tooz16['throughput']:.0f}/s")
+    for row in data.get("heartbeat", []):
+        if row.get("contender") != "ask" or not row.get("sample") or not row.get("round_trip_us"):
+            continue
+        equivalents = row["sample"]["p50_us"] / row["round_trip_us"]
+        yield _row("heartbeat is batched", row["backend"], f"heartbeat with {row['leases']} leases", equivalents, HEARTBEAT_ROUND_TRIPS,
+                   equivalents < HEARTBEAT_ROUND_TRIPS,
+                   f"p50 {row['sample']['p50_us']:.0f} µs = {equivalents:.1f} x one try-lock round trip ({row['round_trip_us']:.0f} µs)")
+    for row in data.get("events", []):
+        if not row.get("sample"):
+            continue
+        p50 = row["sample"]["p50_us"]
+        if row["backend"] in PUSH_BACKENDS:
+            if not row.get("round_trip_us"):
+                continue  # the try-lock was not measured: no round trip to compare with
+            limit = EVENT_ROUND_TRIPS * row["round_trip_us"]
+            what = f"within {EVENT_ROUND_TRIPS} round trips ({row['round_trip_us']:.0f} µs each: one coordactors request)"
+        else:
+            limit = row["poll_interval"] * 1e6
+            what = f"within one poll interval ({row['poll_interval']} s)"
+        yield _row("event latency", row["backend"], what, p50, limit, p50 <= limit, f"join -> MemberJoined p50 {p50:.0f} µs, p99 {row['sample']['p99_us']:.0f} µs")
+    for row in data.get("failover", []):
+        if not row.get("sample"):
+            continue
+        worst = row["sample"]["max_us"] / 1e6
+        limit = row["ttl"] + FAILOVER_SLACK
+        yield _row("failover", row["backend"], f"SIGKILLed holder -> grant (ttl {row['ttl']} s)", worst, limit, worst <= limit,
+                   f"worst {worst:.2f} s, p50 {row['sample']['p50_us'] / 1e6:.2f} s over {row['sample']['count']} round(s)")

@@ -1,0 +1,215 @@
+"""Run one operation for one contender at one concurrency on one backend.
+
+Modes: ``c1``/``c4``/``c16`` are that many callers sharing one coordinator
+(one tooz coordinator or raw connection cannot be shared between threads, so
+those contenders run ``c1`` and ``sep16`` only); ``sep16`` is 16 callers with
+a coordinator (or connection) each.  The asyncio contender's callers are tasks
+on one event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable
+
+import coordactors
+from coordactors import errors
+from coordactors.bench.backends import Backend
+from coordactors.bench.contenders import RawSession, open_tooz
+from coordactors.bench.measure import Sample, run_async_callers, run_callers
+from coordactors.bench.operations import Operation, drive, drive_async
+from coordactors.messages import CreateGroup, Join, Leave
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MODES", "Fixture", "run_trial"]
+
+MODES = {"c1": (1, True), "c4": (4, True), "c16": (16, True), "sep16": (16, False)}
+"""mode -> (callers, sharing one coordinator)."""
+REQUEST_TIMEOUT = 30.0
+
+
+class Fixture:
+    """What a backend's trials share: URL, the contended lock's holder and the big group."""
+
+    def __init__(self, backend: Backend, namespace: str, big_group_size: int) -> None:
+        self.backend = backend
+        self.namespace = namespace
+        self.url = backend.url(namespace)
+        self.tooz_url = backend.private_tooz_url(namespace)
+        self.big_group = f"{namespace}-big"
+        self.held_lock = f"{namespace}-held"
+        self._closers: list[Callable[[], Any]] = []
+        self._serial = 0
+        self.tooz_held: Any = None
+        self.tooz_setup_error: str | None = None
+        try:
+            self._setup(backend, namespace, big_group_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, backend: Backend, namespace: str, big_group_size: int) -> None:
+        # The contended lock is held by another member for the whole run.
+        holder = coordactors.connect(self.url, "bench-holder")
+        self._closers.append(holder.stop)
+        holder.ask(coordactors.messages.Acquire(self.held_lock), block=True, timeout=REQUEST_TIMEOUT)
+        # The big group: one connection joining as 1,000 members, alive for the run.
+        populator = RawSession(backend.url(namespace, session_ttl=3600) if backend.name not in ("memory",) else self.url, "bench-populator")
+        self._closers.append(populator.close)
+        populator.session.do_create_group(self.big_group)
+        for i in range(big_group_size):
+            populator.as_member(f"member-{i:04d}")
+            populator.session.do_join(self.big_group, "null", False)
+        if self.tooz_url is not None:
+            try:
+                self._tooz_setup(big_group_size)
+            except Exception as exc:  # noqa: BLE001 - tooz lacks it: its trials say so
+                self.tooz_setup_error = f"{type(exc).__name__}: {exc}"
+
+    def _tooz_setup(self, size: int) -> None:
+        holder = open_tooz(self.tooz_url, "bench-tooz-holder")
+        self._closers.append(holder.stop)
+        lock = holder.get_lock(self.held_lock.encode())
+        if not lock.acquire(blocking=False):
+            raise RuntimeError("tooz: could not take the contended lock")
+        self.tooz_held = lock
+        self._closers.append(lock.release)
+        populator = open_tooz(self.tooz_url, "bench-tooz-populator")
+        self._closers.append(populator.stop)
+        group = self.big_group.encode()
+        populator.create_group(group).get()
+        for i in range(size):
+            # One connection joining as many members (tooz keys members by these attributes).
+            member = f"member-{i:04d}".encode()
+            populator._member_id = member  # noqa: SLF001
+            if hasattr(populator, "_safe_member_id"):
+                populator._safe_member_id = populator._make_filesystem_safe(member)  # noqa: SLF001
+            populator.join_group(group).get()
+
+    def fresh(self, what: str) -> str:
+        """A name never used before in this run."""
+        self._serial += 1
+        return f"{self.namespace}-{what}{self._serial}"
+
+    def close(self) -> None:
+        """Release the holder, drop the populators."""
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:  # noqa: BLE001
+                logger.debug("fixture close failed", exc_info=True)
+
+
+def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind: str) -> Any:
+    """Prepare one caller's argument for ``op`` (creating groups as needed)."""
+    if op.needs == "lock":
+        name = fixture.fresh("lock")
+        return client.get_lock(name.encode()) if kind == "tooz" else name
+    if op.needs == "held":
+        return client.get_lock(fixture.held_lock.encode()) if kind == "tooz" else fixture.held_lock
+    if op.needs == "big":
+        return fixture.big_group.encode() if kind == "tooz" else fixture.big_group
+    group = fixture.fresh("group")
+    if kind == "tooz":
+        client.create_group(group.encode()).get()
+        if op.needs == "joined":
+            client.join_group(group.encode()).get()
+        return group.encode()
+    admin(CreateGroup(group))
+    if op.needs == "joined":
+        if kind == "raw":
+            client.session.do_join(group, "null", False)
+        else:
+            client.ask(Join(group), block=True, timeout=REQUEST_TIMEOUT)
+    return group
+
+
+def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, iterations: int, duration: float) -> Sample:
+    """Measure ``op`` for ``contender`` (``ask``, ``submit``, ``asyncio``,
+    ``raw``, ``tooz``) in ``mode`` on the fixture's backend."""
+    callers, shared = MODES[mode]
+    closers: list[Callable[[], Any]] = []
+    try:
+        admin_coord = coordactors.connect(fixture.url, fixture.fresh("admin"))
+        closers.append(admin_coord.stop)
+
+        def admin(message: Any) -> Any:
+            return admin_coord.ask(message, block=True, timeout=REQUEST_TIMEOUT)
+
+        if contender in ("ask", "submit", "asyncio"):
+            coords: list[Any] = []
+            for _ in range(1 if shared else callers):
+                coord = coordactors.connect(fixture.url, fixture.fresh("member"))
+                closers.append(coord.stop)
+                coords.append(coord)
+            clients = [coords[0] if shared else coords[i] for i in range(callers)]
+            states = [_caller_state(fixture, op, admin, client, "coordactors") for client in clients]
+            if op.needs == "joined":
+                closers.extend(_leaver(client, state) for client, state in zip(clients, states))
+            if contender == "asyncio":
+                ops = [_async_op(op, client, state) for client, state in zip(clients, states)]
+                return run_async_callers(ops, iterations=iterations, duration=duration)
+            make = _ask_op if contender == "ask" else _submit_op
+            ops = [make(op, client, state) for client, state in zip(clients, states)]
+            return run_callers(ops, iterations=iterations, duration=duration)
+        if contender == "raw":
+            raws = []
+            for _ in range(callers):
+                raw = RawSession(fixture.url, fixture.fresh("member"))
+                closers.append(raw.close)
+                raws.append(raw)
+            states = [_caller_state(fixture, op, admin, raw, "raw") for raw in raws]
+            ops = [(lambda r=raw, s=state: op.raw(r, s)) for raw, state in zip(raws, states)]
+            return run_callers(ops, iterations=iterations, duration=duration)
+        if contender == "tooz":
+            if fixture.tooz_url is None:
+                raise errors.NotSupported("tooz has no driver for this backend here")
+            if op.needs == "big" and fixture.tooz_setup_error is not None:
+                raise errors.NotSupported(f"tooz could not build the group: {fixture.tooz_setup_error}")
+            toozs = []
+            for _ in range(callers):
+                coord = open_tooz(fixture.tooz_url, fixture.fresh("member"))
+                closers.append(coord.stop)
+                toozs.append(coord)
+            states = [_caller_state(fixture, op, admin, coord, "tooz") for coord in toozs]
+            ops = [(lambda c=coord, s=state: op.tooz(c, s)) for coord, state in zip(toozs, states)]
+            return run_callers(ops, iterations=iterations, duration=duration)
+        raise ValueError(f"unknown contender {contender!r}")
+    finally:
+        for closer in reversed(closers):
+            with contextlib.suppress(Exception):
+                closer()
+
+
+def _leaver(coord: Any, group: str) -> Callable[[], None]:
+    return lambda: coord.ask(Leave(group), block=True, timeout=REQUEST_TIMEOUT)
+
+
+def _ask_op(op: Operation, coord: Any, state: Any) -> Callable[[], None]:
+    steps, ask = op.steps, coord.ask
+
+    def call(message: Any) -> Any:
+        return ask(message, block=True, timeout=REQUEST_TIMEOUT)
+
+    return lambda: drive(steps(state), call)
+
+
+def _submit_op(op: Operation, coord: Any, state: Any) -> Callable[[], None]:
+    steps, submit = op.steps, coord.submit
+
+    def call(message: Any) -> Any:
+        return submit(message, timeout=REQUEST_TIMEOUT).result(REQUEST_TIMEOUT)
+
+    return lambda: drive(steps(state), call)
+
+
+def _async_op(op: Operation, coord: Any, state: Any) -> Callable[[], Any]:
+    steps, request = op.steps, coord.request
+
+    def call(message: Any) -> Any:
+        return request(message, timeout=REQUEST_TIMEOUT)
+
+    return lambda: drive_async(steps(state), call)

@@ -1,0 +1,123 @@
+"""Smoke test of the benchmark suite: a tiny run on every backend.
+
+No timing is asserted (the machine is shared and noisy): only that every
+operation ran for every contender that has it, that the scenarios produced
+samples, and that the report files were written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+pytest.importorskip("hdrh", reason="the bench extra (hdrhistogram) is not installed")
+
+from coordactors.bench import main  # noqa: E402
+from coordactors.bench.backends import backend_of  # noqa: E402
+from coordactors.bench.operations import OPERATIONS  # noqa: E402
+
+TOOZ_LACKS = ("NotImplemented", "NotSupported", "sysv_ipc")
+"""How a tooz trial may legitimately end: tooz has no such operation or driver here."""
+
+
+@pytest.mark.timeout(240)
+def test_a_quick_run_measures_every_operation_and_contender(backend_url: str, tmp_path: Any) -> None:
+    output = tmp_path / "results"
+    status = main(["--quick", "--no-plots", "--output", str(output), backend_url])
+    assert status == 0
+    data = json.loads((output / "results.json").read_text())
+    backend = backend_of(backend_url)
+    assert list(data["backends"]) == [backend]
+    rows = {(r["operation"], r["contender"], r["mode"]): r for r in data["results"]}
+    for op in OPERATIONS:
+        for contender in ("raw", "ask", "submit", "asyncio"):
+            row = rows[(op.name, contender, "c1")]
+            assert row.get("sample", {}).get("count", 0) > 0, row
+        tooz = rows[(op.name, "tooz", "c1")]
+        assert tooz.get("sample") or any(reason in tooz["error"] for reason in TOOZ_LACKS) or backend in ("memory", "consul"), tooz
+    for contender, mode in (("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"), ("raw", "sep16")):
+        assert rows[("lock", contender, mode)]["sample"]["count"] > 0
+    heartbeat = {r["contender"]: r for r in data["heartbeat"]}
+    assert heartbeat["ask"]["sample"]["count"] > 0 and heartbeat["raw"]["sample"]["count"] > 0
+    assert data["events"][0]["sample"]["count"] > 0
+    failover = data["failover"][0]
+    assert failover.get("sample", {}).get("count", 0) > 0 or backend == "memory", failover
+    assert data["targets"], "the report checks the targets"
+    markdown = (output / "results.md").read_text()
+    assert "## Targets" in markdown and backend in markdown
+
+
+@pytest.mark.timeout(120)
+def test_plots_are_written(tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    output = tmp_path / "results"
+    status = main(["--quick", "--operations", "lock", "--output", str(output), "memory://"])
+    assert status == 0
+    assert sorted(os.listdir(output)) == ["latency-lock.png", "results.json", "results.md", "throughput-lock.png"]
+    assert (output / "latency-lock.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_unknown_backend_is_refused(tmp_path: Any, capsys: Any) -> None:
+    assert main(["--backends", "nosuch", "--output", str(tmp_path)]) == 64
+    assert "unknown backend" in capsys.readouterr().err
+
+
+# -- what the concurrency benchmark relies on: requests queued together on one
+# session (coalesced into one round trip where the backend can) keep every
+# lock's promises.
+
+
+@pytest.mark.timeout(120)
+def test_callers_sharing_a_coordinator_keep_locks_exclusive(connect: Any) -> None:
+    import threading
+
+    from coordactors import errors
+    from coordactors.messages import Acquire, Release
+
+    coord = connect("shared")
+    other = connect("other")
+    inside: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+    fences: dict[str, list[int]] = {}
+    failures: list[BaseException] = []
+    guard = threading.Lock()
+
+    def caller(index: int) -> None:
+        try:
+            for round_ in range(8):
+                own = coord.ask(Acquire(f"own-{index}"), block=True, timeout=30)
+                shared = coord.ask(Acquire("shared", timeout=30), block=True, timeout=35)
+                with guard:
+                    inside.append(f"{index}/{round_}")
+                    if len(inside) > 1:
+                        overlaps.append(tuple(inside))
+                    fences.setdefault("shared", []).append(shared.fence)
+                    fences.setdefault(own.name, []).append(own.fence)
+                with guard:
+                    inside.remove(f"{index}/{round_}")
+                coord.ask(Release(shared), block=True, timeout=30)
+                coord.ask(Release(own), block=True, timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    held = other.ask(Acquire("taken"), block=True, timeout=30)
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    refused = 0
+    for _ in range(20):
+        with pytest.raises(errors.LockTimeout):
+            coord.ask(Acquire("taken", timeout=0), block=True, timeout=30)
+        refused += 1
+    for thread in threads:
+        thread.join(100)
+    other.ask(Release(held), block=True, timeout=30)
+    assert not failures, failures[0]
+    assert not overlaps
+    assert refused == 20
+    assert len(fences["shared"]) == 12 * 8
+    for name, issued in fences.items():
+        assert issued == sorted(issued) and len(set(issued)) == len(issued), name
