@@ -55,7 +55,7 @@ from coordactors.messages import (
 )
 from coordactors.messages import _validate as v
 from coordactors.runtime import runtime as _runtime
-from coordactors.supervisor import Route, SupervisorActor
+from coordactors.supervisor import Route, SupervisorActor, SupervisorLink
 from coordactors.urls import parse_url
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Coordinator:
 
         def start_session(supervisor: pykka.ActorRef[Any], desired: Any, restarting: bool) -> pykka.ActorRef[Any]:
             return session_class.start(
-                options, self.member_id, supervisor, self._runtime, desired,
+                options, self.member_id, SupervisorLink(supervisor, self._route.ledger), self._runtime, desired,
                 restarting=restarting, wait_while_down=wait_while_down, session_token=self._route.token,
             )
 

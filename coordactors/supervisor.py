@@ -9,6 +9,7 @@ subscribers, in order per subscriber.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Callable
@@ -39,7 +40,88 @@ from coordactors.runtime import SerialQueue
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "Route", "SupervisorActor"]
+__all__ = ["Backoff", "Ledger", "Route", "SupervisorActor", "SupervisorLink"]
+
+
+class Ledger:
+    """What the application asked for and which leases the session holds.
+
+    Written by the session actor as it serves requests and read by the
+    supervisor when it restarts or replaces the session.  Shared under a lock
+    instead of sent as messages: a message to the supervisor per join, grant
+    or release woke the supervisor's thread on every request, and on a busy
+    machine that thread switch competed with the reply's."""
+
+    __slots__ = ("_lock", "campaigns", "joined", "leases")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.joined: dict[str, str] = {}
+        self.campaigns: set[str] = set()
+        self.leases: dict[tuple[str, int], Lease] = {}
+
+    def apply(self, message: Any) -> bool:
+        """Record a session -> supervisor state change; False if ``message`` is not one."""
+        kind = type(message)
+        with self._lock:
+            if kind is LeaseGranted:
+                self.leases[(message.lease.name, message.lease.fence)] = message.lease
+            elif kind is LeaseEnded:
+                self.leases.pop((message.name, message.fence), None)
+            elif kind is DesiredJoin:
+                self.joined[message.group] = message.capabilities_json
+            elif kind is DesiredLeave:
+                self.joined.pop(message.group, None)
+            elif kind is DesiredCampaign:
+                if message.active:
+                    self.campaigns.add(message.group)
+                else:
+                    self.campaigns.discard(message.group)
+            else:
+                return False
+        return True
+
+    def desired(self, watched: frozenset[str]) -> DesiredState:
+        """The state a new session must restore."""
+        with self._lock:
+            return DesiredState(tuple(self.joined.items()), frozenset(self.campaigns), watched)
+
+    def drop_leases(self, leases: Any = None) -> list[Lease]:
+        """Forget ``leases`` (default: all); return those that were recorded."""
+        with self._lock:
+            if leases is None:
+                dropped = list(self.leases.values())
+                self.leases.clear()
+                return dropped
+            return [lease for lease in (self.leases.pop((lease.name, lease.fence), None) for lease in leases) if lease is not None]
+
+
+_LEDGER_MESSAGES = frozenset({LeaseGranted, LeaseEnded, DesiredJoin, DesiredLeave, DesiredCampaign})
+
+
+class SupervisorLink:
+    """What a session holds as its ``supervisor``: state changes go straight
+    into the shared :class:`Ledger` (on the session's thread, in order with
+    everything it tells afterwards); events and failures are told to the
+    supervisor actor."""
+
+    __slots__ = ("_ledger", "_ref")
+
+    def __init__(self, ref: pykka.ActorRef[Any], ledger: Ledger) -> None:
+        self._ref = ref
+        self._ledger = ledger
+
+    def tell(self, message: Any) -> None:
+        """Record a state change, or tell the supervisor ``message``."""
+        if type(message) in _LEDGER_MESSAGES:
+            self._ledger.apply(message)
+        else:
+            self._ref.tell(message)
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[Any]:
+        """The supervisor actor."""
+        return self._ref
 
 
 class Route:
@@ -48,9 +130,11 @@ class Route:
     Shared by the coordinator (reads) and the supervisor (swaps it when a
     crashed session actor is replaced)."""
 
-    __slots__ = ("restarts", "retry_delays", "session", "token")
+    __slots__ = ("ledger", "restarts", "retry_delays", "session", "token")
 
     def __init__(self) -> None:
+        self.ledger = Ledger()
+        """The application's desired state and the session's leases."""
         self.session: pykka.ActorRef[Any] | None = None
         self.token = uuid.uuid4().hex
         """The session's identity at the backend, kept across restarts."""
@@ -114,10 +198,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self._route = route
         self._runtime = runtime
         self._options = options
-        self._joined: dict[str, str] = {}
-        self._campaigns: set[str] = set()
+        self._ledger = route.ledger
         self._subscribers: dict[str | None, list[_Subscriber]] = {}
-        self._leases: dict[tuple[str, int], Lease] = {}
         self._down_since: float | None = None
         self.backoff = Backoff(options.backoff_initial, options.backoff_max)
         self._retry_timer: Any = None
@@ -173,7 +255,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def desired_state(self) -> DesiredState:
         """What a new session must restore."""
         watched = frozenset(g for g, subs in self._subscribers.items() if g is not None and subs)
-        return DesiredState(tuple(self._joined.items()), frozenset(self._campaigns), watched)
+        return self._ledger.desired(watched)
 
     # -- requests from actor systems ------------------------------------------
 
@@ -196,23 +278,23 @@ class SupervisorActor(pykka.ThreadingActor):
 
     # -- desired state ----------------------------------------------------------
 
+    # A session started with a SupervisorLink records these in the ledger
+    # itself; one told them as messages (an older caller) lands here.
+
     def _on_desired_join(self, msg: DesiredJoin) -> None:
-        self._joined[msg.group] = msg.capabilities_json
+        self._ledger.apply(msg)
 
     def _on_desired_leave(self, msg: DesiredLeave) -> None:
-        self._joined.pop(msg.group, None)
+        self._ledger.apply(msg)
 
     def _on_desired_campaign(self, msg: DesiredCampaign) -> None:
-        if msg.active:
-            self._campaigns.add(msg.group)
-        else:
-            self._campaigns.discard(msg.group)
+        self._ledger.apply(msg)
 
     def _on_lease_granted(self, msg: LeaseGranted) -> None:
-        self._leases[(msg.lease.name, msg.lease.fence)] = msg.lease
+        self._ledger.apply(msg)
 
     def _on_lease_ended(self, msg: LeaseEnded) -> None:
-        self._leases.pop((msg.name, msg.fence), None)
+        self._ledger.apply(msg)
 
     # -- subscribers and fan-out -----------------------------------------------------
 
@@ -273,8 +355,8 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._down_since is None:
             self._down_since = time.monotonic()
             self._fan_out(SessionLost(msg.cause))
+        self._ledger.drop_leases(msg.lost)
         for lease in msg.lost:
-            self._leases.pop((lease.name, lease.fence), None)
             self._fan_out(LockLost(lease.name, lease.fence, f"session lost: {msg.cause}"))
         self._schedule_retry()
 
@@ -284,11 +366,10 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._down_since is None:
             self._down_since = time.monotonic()
             self._fan_out(SessionLost(msg.cause))
-        for lease in list(self._leases.values()):
+        for lease in self._ledger.drop_leases():
             lease._state.cause = f"session crashed: {msg.cause}"  # noqa: SLF001
             lease.lost.set()
             self._fan_out(LockLost(lease.name, lease.fence, f"session crashed: {msg.cause}"))
-        self._leases.clear()
         self._schedule_retry(replace_actor=True)
 
     def _schedule_retry(self, *, replace_actor: bool = False) -> None:

@@ -13,7 +13,7 @@ from typing import Any, ContextManager, Protocol
 
 from coordactors import errors
 from coordactors.backend_actors._registry import Registry
-from coordactors.backend_actors.base import SessionActor
+from coordactors.backend_actors.base import _PENDING, SessionActor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Lease
@@ -80,6 +80,7 @@ class LocalSession(SessionActor):
         super().__init__(*args, **kwargs)
         self._seq = 0
         self._change_queued = False
+        self._follows_events = False
         self._control[_Changed] = self._on_changed
 
     def open_storage(self) -> Storage:
@@ -100,10 +101,22 @@ class LocalSession(SessionActor):
         self.conn.listen(self._notify)
 
     def _notify(self) -> None:
-        # Runs on whichever thread changed the registry: coalesce, then tell.
-        if not self._change_queued:
-            self._change_queued = True
-            self.tell_self(_CHANGED)
+        # Runs on whichever thread changed the registry: coalesce, then tell --
+        # only a session that follows events or waits for a lock cares.  Waking
+        # every session of the process on every change made each request pay
+        # for the other sessions' thread switches.
+        if self._change_queued or not (self._follows_events or self._waiters or self._campaigns):
+            return
+        self._change_queued = True
+        self.tell_self(_CHANGED)
+
+    def _on_acquire(self, msg: Any, call: Any) -> Any:
+        result = super()._on_acquire(msg, call)
+        if result is _PENDING:
+            # A release between the failed try and the waiter's registration
+            # notified no one (there was no waiter yet): look once more.
+            self._run_guarded(self._retry_waiters, [msg.name])
+        return result
 
     def close(self) -> None:
         storage = self.conn
@@ -185,6 +198,7 @@ class LocalSession(SessionActor):
     def do_watch(self, group: str) -> None:
         """Events come from the registry's log: deliver what is pending for
         the groups already watched, so the new watch starts from now."""
+        self._follows_events = True
         self._read_events()
 
     def do_poll(self) -> None:
