@@ -19,7 +19,7 @@ import os
 import re
 import socket
 import time
-from typing import Any, ClassVar, Generic, Iterator, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from coordactors.testing.servers import EtcdServer, RedisServer, Server, ServerStartError, ZooKeeperServer, free_ports
 
@@ -68,6 +68,10 @@ class Cluster(Generic[NodeT]):
     def resume(self, index: int) -> None:
         """SIGCONT node ``index``."""
         self.nodes[index].resume()
+
+    def primary(self) -> int | None:
+        """The index of the node the cluster depends on now (its leader, its master), if any."""
+        raise NotImplementedError
 
     def restart(self, *indexes: int) -> None:
         """Start the given nodes again, on their ports with their data, together."""
@@ -182,6 +186,10 @@ class ZooKeeperEnsemble(Cluster[ZooKeeperNode]):
                 return index
         return None
 
+    def primary(self) -> int | None:
+        """The leader."""
+        return self.leader()
+
 
 # -- etcd ------------------------------------------------------------------------------------------
 
@@ -244,6 +252,10 @@ class EtcdCluster(Cluster[EtcdNode]):
             if node.is_running and not node.is_paused and node.is_leader():
                 return index
         return None
+
+    def primary(self) -> int | None:
+        """The raft leader."""
+        return self.leader()
 
 
 # -- Redis + Sentinel ------------------------------------------------------------------------------
@@ -372,6 +384,10 @@ class RedisSentinelCluster(Cluster[Server]):
             return None
         return next((i for i, node in enumerate(self.nodes) if node.host == host and node.port == port), None)
 
+    def primary(self) -> int | None:
+        """The master the sentinels agree on."""
+        return self.master_index()
+
     def wait_for_master(self, index: int | None = None, *, not_index: int | None = None, timeout: float = 30.0) -> int:
         """Wait until the sentinels agree on a master (``index``, or any but ``not_index``); return it."""
         deadline = time.monotonic() + timeout
@@ -410,7 +426,3 @@ def _replica_link_up(replica: RedisServer) -> bool:
         return False
     return b"master_link_status:up" in data
 
-
-def running(nodes: list[Server]) -> Iterator[int]:
-    """Indexes of the nodes that are running and not paused."""
-    return (i for i, node in enumerate(nodes) if node.is_running and not node.is_paused)
