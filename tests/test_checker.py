@@ -126,7 +126,13 @@ def test_a_hold_ends_when_its_holder_is_told_or_its_own_clock_expires_it() -> No
     assert (b.end, b.told, b.believed_after_loss) == (4.0, True, True)
     result = judge_phase({"name": "none", "start": 0.0, "end": 10.0, "faults": []}, [a, b], [], records, 2.0, 0.5)
     assert result["overlaps"] == 0 and not result["ok"]
-    assert longest_unavailability([a, b], 0.0, 10.0) == 6.0  # from 4.0 to the end
+
+
+def test_unavailability_is_the_longest_time_without_an_accepted_write() -> None:
+    log = [{"op": "write", "at": t, "outcome": o} for t, o in ((1.0, "ok"), (2.0, "stale"), (5.0, "ok"), (6.0, "lost-update"))]
+    log.append({"op": "read", "at": 3.0, "outcome": "ok"})
+    assert longest_unavailability(log, 0.0, 7.0) == 4.0  # 1.0 -> 5.0: a stale write or a read is no progress
+    assert longest_unavailability(log, 0.0, 20.0) == 14.0  # and to the end of the phase
 
 
 def test_lost_updates_a_slow_recovery_and_a_silent_paused_holder_are_problems() -> None:

@@ -23,7 +23,7 @@ Then it reports, per phase: overlapping holds (a later holder granted while
 an earlier one still believed -- not told of a loss, lease not expired on its
 own clock), whether such an overlap had the earlier fence lower, lost updates
 and stale writes the register rejected, the longest time nobody held the
-lock, how long a killed holder's lock took to move, and how long sessions
+lock (no write accepted by the register), how long a killed holder's lock took to move, and how long sessions
 took to come back after a restart or partition.
 
 From the command line (``coordactors check URL`` or
@@ -58,7 +58,7 @@ from coordactors import errors
 from coordactors.characteristics import Characteristics
 from coordactors.testing.checker.history import holds_from, judge_phase
 from coordactors.testing.checker.register import FencedRegister
-from coordactors.testing.faults import Proxy, kill_process, paused
+from coordactors.testing.faults import Proxy, kill_process, pause_process, resume_process
 from coordactors.urls import parse_url, redact
 
 __all__ = ["NEMESES", "Report", "main", "run_check"]
@@ -292,12 +292,41 @@ class _Run:
             threading.Event().wait(rest)
         return {"name": name, "start": start, "end": time.monotonic(), "faults": faults}
 
+    def _freeze_holder(self) -> tuple[str, int, float] | None:
+        """SIGSTOP a worker while it holds the lock: ``(worker, fence, stopped at)``, or None.
+
+        Holds are short, so a worker seen holding may have released by the time the
+        signal lands: its records (drained for a moment after the stop) tell, and then
+        it is resumed and another try made -- at most five.
+        """
+        for _ in range(5):
+            found = self.holder(self.ttl * 3 + 5)
+            if found is None:
+                return None
+            victim, fence = found
+            process = self.workers[victim].process
+            assert process is not None
+            pause_process(process)
+            at = time.monotonic()
+            threading.Event().wait(0.1)  # let the reader drain what the worker wrote before it stopped
+            released = any(w == victim and r.get("fence") == fence and r["k"] in ("end", "lost") for w, r in self.sink.records)
+            if not released:
+                return victim, fence, at
+            resume_process(process)
+        return None
+
     def _holder_kill(self, faults: list[dict[str, Any]]) -> None:
-        found = self.holder(self.ttl * 3 + 5)
-        if found is None:
-            return
-        victim, fence = found
-        at = time.monotonic()
+        if self.threaded:
+            found = self.holder(self.ttl * 3 + 5)
+            if found is None:
+                return
+            victim, fence = found
+            at = time.monotonic()
+        else:
+            frozen = self._freeze_holder()
+            if frozen is None:
+                return
+            victim, fence, at = frozen  # stopped, then killed: it did nothing after ``at``
         self.workers[victim].kill()
         self.kills[victim] = at
         faults.append({"kind": "kill", "at": at, "worker": victim, "fence": fence})
@@ -305,15 +334,19 @@ class _Run:
         self.sink.wait(lambda: any(r["k"] == "grant" and r["at"] > at and w != victim for w, r in self.sink.records), self.ttl + 10)
 
     def _holder_pause(self, faults: list[dict[str, Any]]) -> None:
-        found = self.holder(self.ttl * 3 + 5)
-        if found is None:
+        frozen = self._freeze_holder()
+        if frozen is None:
             return
-        victim, fence = found
+        victim, fence, at = frozen
         process = self.workers[victim].process
         assert process is not None
-        at = time.monotonic()
-        with paused(process, max_seconds=self.ttl + 5):
+        watchdog = threading.Timer(self.ttl + 5, resume_process, (process,))  # never left stopped
+        watchdog.start()
+        try:
             threading.Event().wait(self.ttl + 1.0)
+        finally:
+            watchdog.cancel()
+            resume_process(process)
         faults.append({"kind": "pause", "at": at, "worker": victim, "fence": fence, "healed_at": time.monotonic()})
         self.sink.wait(lambda: any(w == victim and r.get("fence") == fence and (r["k"] == "lost" or r.get("why") in ("check", "release"))
                                    for w, r in self.sink.records), 10)
@@ -411,6 +444,8 @@ def run_check(
     for name in nemeses:
         if name == "holder-pause" and threaded:
             skipped[name] = "workers are threads of one process here (the backend does not span processes): one cannot be paused alone"
+        elif name == "server-restart" and not networked:
+            skipped[name] = "no server: this backend lives in the host's memory or files"
         elif name == "server-restart" and server is None:
             skipped[name] = "no server to restart (the checker restarts only a server it started: --private)"
         elif name == "partition" and not networked:

@@ -73,18 +73,18 @@ def overlaps(holds: list[Hold]) -> list[tuple[Hold, Hold]]:
     return found
 
 
-def longest_unavailability(holds: list[Hold], start: float, end: float) -> float:
-    """The longest time within [start, end] when nobody believed it held the lock."""
-    longest, covered_until = 0.0, start
-    for hold in holds:
-        if hold.start > end:
-            break
-        if hold.start > covered_until:
-            longest = max(longest, hold.start - covered_until)
-        covered_until = max(covered_until, hold.end)
-    if covered_until < end:
-        longest = max(longest, end - covered_until)
-    return longest
+def longest_unavailability(register_log: list[dict[str, Any]], start: float, end: float) -> float:
+    """The longest time within [start, end] in which no write was accepted by the register.
+
+    Counted from progress, not from belief: a holder that is paused, cut off
+    or dead holds the lock without anyone being able to use it.
+    """
+    longest, last = 0.0, start
+    for op in register_log:
+        if op["op"] != "write" or op["outcome"] == "stale" or not start <= op["at"] <= end:
+            continue
+        longest, last = max(longest, op["at"] - last), op["at"]
+    return max(longest, end - last)
 
 
 def judge_phase(
@@ -111,7 +111,7 @@ def judge_phase(
         "believed_after_loss": sum(1 for h in mine if h.believed_after_loss),
         "lost_updates": sum(1 for op in ops if op["outcome"] == "lost-update"),
         "stale_rejected": sum(1 for op in ops if op["outcome"] == "stale"),
-        "longest_unavailable": round(longest_unavailability(holds, start, end), 3),
+        "longest_unavailable": round(longest_unavailability(register_log, start, end), 3),
         "faults": len(phase["faults"]),
         "problems": [],
         "overlap_details": [
@@ -131,6 +131,11 @@ def judge_phase(
     if result["lost_updates"]:
         problems.append(f"{result['lost_updates']} lost update(s) in the register")
     for fault in phase["faults"]:
+        if fault.get("fence") is not None and any(
+            w == fault.get("worker") and r.get("fence") == fault["fence"] and r["k"] == "end" and r["at"] < fault["at"] for w, r in records
+        ):
+            result["faults_missed"] = result.get("faults_missed", 0) + 1  # the victim had just released: no holder was hit
+            continue
         _judge_fault(fault, holds, records, ttl, backoff_max, result, problems)
     if not mine and phase["name"] == "none":
         problems.append("no hold at all: the lock was never granted")
