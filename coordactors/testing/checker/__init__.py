@@ -425,7 +425,8 @@ def run_check(
         workers: how many workers contend.
         seconds: the least length of a phase (a fault and its recovery may take longer).
         ttl: the session TTL (and lease TTL where the backend has them) the workers use, in seconds.
-        server: a :class:`coordactors.testing.servers.Server` serving ``url``; needed by ``server-restart``.
+        server: what serves ``url``, with ``kill()`` and ``restart()`` (same port), e.g. a
+            :class:`coordactors.testing.servers.Server`; needed by ``server-restart``.
 
     A nemesis the backend cannot be given (no server to restart, no TCP for a
     partition, threads cannot be paused alone) is listed in ``Report.skipped`` with why.
@@ -490,19 +491,47 @@ _PRIVATE = {
     "redis": ("RedisServer", "url"), "zookeeper": ("ZooKeeperServer", "url"), "kazoo": ("ZooKeeperServer", "url"),
     "memcached": ("MemcachedServer", "url"), "postgresql": ("PostgresServer", "url"), "postgres": ("PostgresServer", "url"),
     "mysql": ("MariaDBServer", "url"), "etcd": ("EtcdServer", "url"), "etcd3+http": ("EtcdServer", "url_v3"),
-    "etcd3": ("EtcdServer", "url_v3"),
+    "etcd3": ("EtcdServer", "url_v3"), "consul": ("FakeConsulAgent", "url"),
 }
 
 
+class _AgentAsServer:
+    """The in-repo fake Consul agent seen as a server the nemesis can kill and restart (same port, same store)."""
+
+    def __init__(self) -> None:
+        from coordactors.testing.fake_consul import FakeConsulAgent
+
+        self.agent = FakeConsulAgent()
+        self.url = ""
+
+    def start(self) -> _AgentAsServer:
+        self.agent.start()
+        self.url = self.agent.url
+        return self
+
+    def kill(self) -> None:
+        self.agent.stop()
+
+    def restart(self) -> _AgentAsServer:
+        return self.start()
+
+    def stop(self) -> None:
+        self.agent.stop()
+
+
 def private_server(url: str) -> Iterator[tuple[Any, str]]:
-    """Start a throw-away server of ``url``'s kind; yield it and the URL to it (``url``'s options kept)."""
+    """Start a throw-away server of ``url``'s kind; yield it and the URL to it (``url``'s options kept).
+
+    Consul has no server here: its in-repo fake agent stands in (see coordactors.testing.fake_consul).
+    """
     from coordactors.testing import servers
 
     scheme = url.partition("://")[0].lower()
     if scheme not in _PRIVATE:
-        raise errors.InvalidArgument(f"--private starts redis, zookeeper, memcached, postgresql, mysql or etcd servers, not {scheme!r}")
+        raise errors.InvalidArgument(f"--private starts redis, zookeeper, memcached, postgresql, mysql, etcd or (fake) consul servers, "
+                                     f"not {scheme!r}")
     class_name, attribute = _PRIVATE[scheme]
-    server = getattr(servers, class_name)()
+    server = _AgentAsServer() if class_name == "FakeConsulAgent" else getattr(servers, class_name)()
     server.start()
     try:
         base = getattr(server, attribute)

@@ -169,6 +169,11 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
                 problems.append(f"UNSAFE: paused {victim} (fence {mine.fence}) believed until after {nxt.worker} was granted fence {nxt.fence}")
     elif kind in ("restart", "partition"):
         healed = fault["healed_at"]
+        regranted = next((h.start for h in holds if h.start > healed), None)
+        if regranted is None:
+            problems.append(f"the lock was never granted again after the {kind} healed")
+        else:
+            result["grant_after_heal"] = max(result.get("grant_after_heal", 0.0), round(regranted - healed, 3))
         lost = {w for w, r in records if r["k"] == "session" and r["type"] == "lost" and r["at"] >= at}
         slowest = 0.0
         for worker in sorted(lost):
