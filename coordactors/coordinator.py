@@ -153,6 +153,7 @@ class Coordinator:
         :class:`~coordactors.errors.OperationTimedOut` and anything granted
         later is undone.
         """
+        timeout = v.timeout(timeout)
         future = RequestFuture(type(message).__name__)
         self._send(Call(message, future, deadline_after(timeout)))
         if block:
@@ -164,6 +165,7 @@ class Coordinator:
 
         Cancelling the future abandons the request (a late grant is released).
         """
+        timeout = v.timeout(timeout)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._send(Call(message, ConcurrentReply(future), deadline_after(timeout)))
         return future
@@ -173,6 +175,7 @@ class Coordinator:
 
         A cancelled or timed-out await abandons the request.
         """
+        timeout = v.timeout(timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._send(Call(message, AsyncioReply(future, loop, self._undo), deadline_after(timeout)))

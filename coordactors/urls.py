@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import attrs
 
 from coordactors.errors import InvalidArgument, NotSupported
+from coordactors.messages._validate import MAX_SECONDS
 
 if TYPE_CHECKING:
     from coordactors.backend_actors.base import SessionActor
@@ -81,6 +82,9 @@ def seconds(value: str, what: str) -> float:
         raise InvalidArgument(f"option '{what}' must be a number of seconds (got {value!r})") from None
     if not math.isfinite(number) or number <= 0:
         raise InvalidArgument(f"option '{what}' must be > 0 and finite (got {value!r})")
+    if number > MAX_SECONDS:
+        # Timers and waits of that length overflow the platform's clocks.
+        raise InvalidArgument(f"option '{what}' must be at most {MAX_SECONDS:.0e} seconds, about 31 years (got {value!r})")
     return number
 
 

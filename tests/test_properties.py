@@ -22,6 +22,8 @@ from typing import Any, Callable
 import attrs
 import pykka
 import pytest
+
+import coordactors
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -492,7 +494,7 @@ def expect_timeout(value: Any) -> Any:
         number = float(value)
     except OverflowError:
         return INVALID
-    if not math.isfinite(number) or number < 0:
+    if not math.isfinite(number) or number < 0 or number > _validate.MAX_SECONDS:
         return INVALID
     return Valid(number)
 
@@ -726,3 +728,25 @@ def test_capabilities_size_limit() -> None:
 def test_huge_numbers_are_invalid_arguments(field: str, value: Any) -> None:
     with pytest.raises(InvalidArgument):
         Acquire("lock", **{field: value})
+
+
+@pytest.mark.parametrize("value", [1e9 + 1, 1e20, 2.0**63])
+def test_durations_too_long_for_the_clocks_are_invalid_arguments(value: float) -> None:
+    # A finite but huge wait overflowed time_t in the caller's wait, and a
+    # huge TTL option killed the process-wide ticker thread.
+    with pytest.raises(InvalidArgument):
+        Acquire("lock", timeout=value)
+    with pytest.raises(InvalidArgument):
+        Acquire("lock", ttl=value)
+    for option in ("session_ttl", "heartbeat_interval", "connect_timeout", "lease_ttl"):
+        with pytest.raises(InvalidArgument, match=option):
+            parse_url(f"memory://x?{option}={value!r}")
+
+
+def test_a_caller_wait_too_long_for_the_clocks_is_an_invalid_argument() -> None:
+    with coordactors.connect("memory://", "a") as coord:
+        with pytest.raises(InvalidArgument):
+            coord.ask(GetGroups(), block=True, timeout=1e20)
+        with pytest.raises(InvalidArgument):
+            coord.members("g", timeout=1e20)
+        assert coord.groups(timeout=1e9) == frozenset()  # the bound itself is fine

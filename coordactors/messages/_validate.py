@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 from coordactors.errors import InvalidArgument
 
+MAX_SECONDS = 1e9
+"""The longest duration (a timeout, a TTL, an option) accepted: longer ones overflow the platform's clocks."""
+
 MAX_NAME_BYTES = 256
 """Longest group, lock or member name, in UTF-8 bytes (ZooKeeper and etcd keys stay short)."""
 
@@ -82,6 +85,8 @@ def timeout(value: Any, what: str = "timeout") -> float | None:
         raise InvalidArgument(f"'{what}' must be >= 0 and finite, or None (got a number too large for a float)") from None
     if math.isnan(value) or value < 0 or math.isinf(value):
         raise InvalidArgument(f"'{what}' must be >= 0 and finite, or None (got {value!r})")
+    if value > MAX_SECONDS:
+        raise InvalidArgument(f"'{what}' must be at most {MAX_SECONDS:.0e} seconds, or None to wait forever (got {value!r})")
     return value
 
 
