@@ -169,3 +169,8 @@ def test_lock_semantics_match_real_tooz_on_databases(driver: str, request: Any, 
     server = request.getfixturevalue({"postgresql": "postgres_server", "mysql": "mariadb_server"}[driver])
     url = f"{server.url}?namespace={namespace}"
     _compare(driver, lock_script(facade, url), lock_script(real, url))
+
+
+def test_group_semantics_match_real_tooz_on_etcd3(etcd_server: Any, namespace: str) -> None:
+    url = f"{etcd_server.url_v3}?namespace={namespace}"
+    _compare("etcd3", group_script(facade, url), group_script(real, url))
