@@ -217,3 +217,16 @@ def test_after_a_lost_session_the_lock_reports_loss_and_regained_leadership_runs
     assert elected[1] == coordination.LeaderElected(b"team", b"solo")
     assert coord.get_leader(b"team").get() == b"solo"
     assert lock.acquire(blocking=5) is True and lock.release() is True
+
+
+def test_a_member_that_joins_and_leaves_between_two_runs_gives_both_events_in_order(tooz_coordinator: Factory) -> None:
+    # tooz diffs member lists at each run_watchers() and would show neither.
+    watcher, other = tooz_coordinator(b"watcher"), tooz_coordinator(b"other")
+    watcher.create_group(b"room").get()
+    seen: list[tuple[str, bytes]] = []
+    watcher.watch_join_group(b"room", lambda event: seen.append(("joined", event.member_id)))
+    watcher.watch_leave_group(b"room", lambda event: seen.append(("left", event.member_id)))
+    other.join_group(b"room").get()
+    other.leave_group(b"room").get()
+    wait_until(lambda: (watcher.run_watchers(), len(seen) >= 2)[1], message=lambda: repr(seen))
+    assert seen == [("joined", b"other"), ("left", b"other")]
