@@ -227,3 +227,47 @@ def test_partitioned_group_members_agree_on_one_owner_per_object_and_follow_leav
     finally:
         for coord in coords:
             coord.stop()
+
+
+def test_a_result_not_in_within_the_timeout_raises_operation_timed_out_and_can_be_waited_for_again() -> None:
+    import concurrent.futures
+
+    from coordactors.compat.tooz.results import CoordinatorResult
+
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    result = CoordinatorResult(future, lambda members: {m.encode() for m in members})
+    with pytest.raises(coordination.OperationTimedOut):
+        result.get(timeout=0.01)
+    assert result.done() is False
+    future.set_result(frozenset({"a"}))
+    assert result.done() is True and result.get() == {b"a"}
+
+
+COMPAT_MODULES = [
+    "coordactors.compat.tooz",
+    "coordactors.compat.tooz.capabilities",
+    "coordactors.compat.tooz.coordination",
+    "coordactors.compat.tooz.driver",
+    "coordactors.compat.tooz.events",
+    "coordactors.compat.tooz.exceptions",
+    "coordactors.compat.tooz.hashring",
+    "coordactors.compat.tooz.locking",
+    "coordactors.compat.tooz.partitioner",
+    "coordactors.compat.tooz.results",
+    "coordactors.compat.tooz.urls",
+]
+
+
+@pytest.mark.parametrize("name", COMPAT_MODULES)
+def test_the_facade_modules_keep_the_public_api_rules(name: str) -> None:
+    import importlib
+    import inspect
+
+    from tests import test_exports
+
+    module = importlib.import_module(name)
+    checks = [fn for check, fn in inspect.getmembers(test_exports, inspect.isfunction)
+              if check.startswith("test_") and list(inspect.signature(fn).parameters) == ["module"]]
+    assert checks
+    for check in checks:
+        check(module)
