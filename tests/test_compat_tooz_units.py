@@ -60,6 +60,7 @@ def test_tooz_url_options_translate_to_their_coordactors_meaning(tooz_url: str, 
         "memcached://h:11211?use_ssl=true",
         "redis://h:6379?sentinel_password=pw",
         "mysql://u@h/db?unix_socket=/run/mysqld.sock",
+        "postgresql:///db?host=/var/run/postgresql",
     ],
 )
 def test_tooz_options_coordactors_cannot_honour_are_refused_as_not_implemented(tooz_url: str) -> None:

@@ -9,8 +9,8 @@ override options of the same name, as in tooz).  Each option is
   :data:`IGNORED`; logged at debug level),
 * **refused** with :class:`~coordactors.compat.tooz.exceptions.NotImplemented`
   where it asks for something coordactors cannot do here (TLS to memcached,
-  ZooKeeper or the etcd gateway, Redis Sentinel credentials, MySQL unix
-  sockets), rather than silently connecting differently.
+  ZooKeeper or the etcd gateway, Redis Sentinel credentials, MySQL or
+  PostgreSQL unix sockets), rather than silently connecting differently.
 
 Options tooz does not know pass through untouched, so coordactors' own
 options (``session_ttl``, ``namespace``...) work too; anything neither knows
@@ -197,6 +197,8 @@ def _consul(url: _Url) -> None:
 
 def _postgresql(url: _Url) -> None:
     host, port, dbname = url.take("host"), url.take("port"), url.take("dbname")
+    if host is not None and host.startswith("/"):
+        raise NotImplemented(f"postgresql:// over a unix socket ({host}) is not supported here, only TCP (in {url.shown!r})")
     if host is not None or port is not None:
         credentials, at, netloc = url.netloc.rpartition("@")
         old_host, _, old_port = netloc.rpartition(":") if netloc.count(":") == 1 else (netloc, "", "")
