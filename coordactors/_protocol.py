@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import sys
+import threading
 import time
 from typing import Any, Callable
 
 import attrs
 import pykka
+from pykka._threading import ThreadingFutureResult
 
 from coordactors.errors import OperationTimedOut
 from coordactors.events import Event
@@ -49,48 +52,98 @@ class RequestFuture(pykka.ThreadingFuture):  # type: ignore[type-arg]
     ``get(timeout=...)`` raises :class:`OperationTimedOut` instead of pykka's
     ``Timeout``, and a caller that times out abandons the request: a result
     that arrives later is refused, so the session releases it.
+
+    It waits on a plain lock (held until the reply is in) rather than
+    pykka's condition variable: setting the reply is one ``release()`` on the
+    session's thread instead of a condition's bookkeeping, which is what the
+    session spends most of its time on when many callers share it.
     """
 
     def __init__(self, what: str = "request") -> None:
-        super().__init__()
+        pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
+        self._result: Any = None
+        self._state = threading.Lock()
+        self._done = threading.Lock()
+        self._done.acquire()
         self._abandoned = False
         self._what = what
 
-    def get(self, *, timeout: float | None = None) -> Any:
-        try:
-            return super().get(timeout=timeout)
-        except pykka.Timeout:
-            with self._condition:
-                if self._result is None:
-                    self._abandoned = True
-                    exc = OperationTimedOut(f"{self._what}: no reply within {timeout}s; the request was abandoned")
-                    super().set_exception((OperationTimedOut, exc, None))
-                    raise exc from None
-            return super().get(timeout=0)
+    @property
+    def _condition(self) -> threading.Lock:
+        # pykka's ThreadingFuture methods that lock the future use this name.
+        return self._state
 
-    def resolve(self, value: Any) -> bool:
-        with self._condition:
-            if self._abandoned or self._result is not None:
+    def get(self, *, timeout: float | None = None) -> Any:
+        if self._get_hook is not None:
+            return pykka.Future.get(self, timeout=timeout)
+        result = self._result
+        if result is None:
+            if timeout is None:
+                arrived = self._done.acquire()
+            else:
+                arrived = self._done.acquire(timeout=timeout) if timeout > 0 else self._done.acquire(blocking=False)
+            if arrived:
+                self._done.release()  # open for every later get()
+            else:
+                with self._state:
+                    if self._result is None:
+                        self._abandoned = True
+                        exc = OperationTimedOut(f"{self._what}: no reply within {timeout}s; the request was abandoned")
+                        self._result = ThreadingFutureResult(exc_info=(OperationTimedOut, exc, None))
+                        self._done.release()
+                        raise exc from None
+            result = self._result
+        if result.exc_info is not None:
+            exc_type, exc_value, exc_traceback = result.exc_info
+            if exc_value is None:
+                exc_value = exc_type()
+            if exc_value.__traceback__ is not exc_traceback:
+                raise exc_value.with_traceback(exc_traceback)
+            raise exc_value
+        return result.value
+
+    def _complete(self, result: Any) -> bool:
+        with self._state:
+            if self._result is not None or self._get_hook is not None:
                 return False
-            self.set(value)
+            self._result = result
+            self._done.release()
             return True
 
+    def set(self, value: Any = None) -> None:
+        if not self._complete(ThreadingFutureResult(value=value)):
+            raise queue.Full
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if not self._complete(ThreadingFutureResult(exc_info=exc_info or sys.exc_info())):
+            raise queue.Full
+
+    def set_get_hook(self, func: Any) -> None:
+        with self._state:
+            if self._result is not None:
+                raise queue.Full
+            pykka.Future.set_get_hook(self, func)
+
+    def resolve(self, value: Any) -> bool:
+        if self._abandoned:
+            return False
+        return self._complete(ThreadingFutureResult(value=value))
+
     def reject(self, exc: BaseException) -> None:
-        with self._condition:
-            if self._abandoned or self._result is not None:
-                return
-            self.set_exception((type(exc), exc, exc.__traceback__))
+        if not self._abandoned:
+            self._complete(ThreadingFutureResult(exc_info=(type(exc), exc, exc.__traceback__)))
 
     def wanted(self) -> bool:
         return not self._abandoned
 
     def abandon(self) -> None:
         """Give up on the request, as a caller that timed out would."""
-        with self._condition:
+        with self._state:
             if self._result is None:
                 self._abandoned = True
                 exc = OperationTimedOut(f"{self._what}: abandoned by the caller")
-                super().set_exception((OperationTimedOut, exc, None))
+                self._result = ThreadingFutureResult(exc_info=(OperationTimedOut, exc, None))
+                self._done.release()
 
 
 class PykkaReply:

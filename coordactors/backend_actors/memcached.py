@@ -106,12 +106,13 @@ import time
 import uuid
 from typing import Any, Callable
 
-from pymemcache.client.base import Client
+from pymemcache.client.base import Client, _readline
 from pymemcache.exceptions import (
     MemcacheClientError,
     MemcacheError,
     MemcacheServerError,
     MemcacheUnexpectedCloseError,
+    MemcacheUnknownError,
 )
 
 from coordactors import errors
@@ -616,11 +617,21 @@ class MemcachedSession(SessionActor):
         keys = {self.keys.lock(lease.name): lease for lease in leases}
         found = client.gets_many(list(keys))
         lost = set()
+        # Every still-ours lease's cas goes out in one write: two round trips
+        # for any number of leases, not one per lease.
+        by_expiry: dict[int, dict[str, tuple[bytes, bytes]]] = {}
         for key, lease in keys.items():
             value = self._lock_value(conn, lease.name, lease.fence)
             raw, cas = found.get(key, (None, None))
-            if raw != value or not client.cas(key, value, cas, expire=self._exptime(lease.ttl)):
+            if raw != value or cas is None:
                 lost.add((lease.name, lease.fence))
+            else:
+                by_expiry.setdefault(self._exptime(lease.ttl), {})[key] = (value, cas)
+        for expire, items in by_expiry.items():
+            for key, stored in _cas_many(client, items, expire).items():
+                if not stored:
+                    lease = keys[key]
+                    lost.add((lease.name, lease.fence))
         for name, fence in lost:
             if conn.held.get(name) == fence:
                 del conn.held[name]
@@ -740,3 +751,37 @@ class MemcachedSession(SessionActor):
                 dead.setdefault(group, set()).add(member)
         for group, members in dead.items():
             self._reap(group, members)
+
+
+def _cas_many(client: Client, items: dict[str, tuple[bytes, bytes]], expire: int) -> dict[str, bool]:
+    """``cas`` of many keys, each with its own token, written in one go and
+    answered in order (pymemcache's ``cas`` takes one key per round trip).
+    True where stored; False where the token no longer matched or the key is gone."""
+    if not items:
+        return {}
+    expire_bytes = str(int(expire)).encode()
+    commands, keys = [], []
+    for key, (value, cas) in items.items():
+        keys.append(key)
+        checked = client.check_key(key, client.key_prefix)
+        cas_bytes = cas if isinstance(cas, bytes) else str(cas).encode()
+        commands.append(b"cas " + checked + b" 0 " + expire_bytes + b" " + str(len(value)).encode() + b" " + cas_bytes + b"\r\n" + value + b"\r\n")
+    if client.sock is None:
+        client._connect()  # noqa: SLF001
+    try:
+        client.sock.sendall(b"".join(commands))
+        results: dict[str, bool] = {}
+        buf = b""
+        for key in keys:
+            buf, line = _readline(client.sock, buf)
+            if line == b"STORED":
+                results[key] = True
+            elif line in (b"EXISTS", b"NOT_FOUND"):
+                results[key] = False
+            else:
+                client._raise_errors(line, b"cas")  # noqa: SLF001
+                raise MemcacheUnknownError(line[:32])
+        return results
+    except Exception:
+        client.close()
+        raise

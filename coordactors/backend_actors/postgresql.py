@@ -85,10 +85,12 @@ import psycopg2.errors  # type: ignore[import-untyped]
 from psycopg2 import sql
 
 from coordactors import errors
-from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
+from coordactors._protocol import Call
+from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
-from coordactors.messages import Lease
+from coordactors.messages import Acquire, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, seconds, text
 
@@ -172,7 +174,13 @@ def _shutdown(pgconn: Any) -> None:
 
 
 class PostgreSQLSession(SessionActor):
-    """Session of ``postgresql://``: advisory locks, tables and LISTEN/NOTIFY."""
+    """Session of ``postgresql://``: advisory locks, tables and LISTEN/NOTIFY.
+
+    Acquires and releases queued together (many callers sharing the
+    coordinator) go to the server as one statement.
+    """
+
+    COALESCED = frozenset({Acquire, Release})
 
     # NON_TIMEOUT_BASED: the server frees an advisory lock the moment its connection ends.
     CHARACTERISTICS = frozenset(
@@ -553,6 +561,115 @@ class PostgreSQLSession(SessionActor):
         self._contended.discard(name)
         return int(row[0])
 
+    def _on_acquire(self, msg: Any, call: Any) -> Any:
+        result = super()._on_acquire(msg, call)
+        if result is _PENDING:
+            # The LISTEN reader drops "freed" notes while nobody waits: one
+            # that came between the failed try and the waiter's registration
+            # is covered by trying once more.
+            self._run_guarded(self._retry_waiters, [msg.name])
+        return result
+
+    # -- coalescing --------------------------------------------------------------
+
+    def serve_batch(self, calls: list[Call]) -> None:
+        """Send the runs of plain acquires and releases of held leases as one
+        statement each; anything else the usual way, in order."""
+        run: list[tuple[Call, Any]] = []
+        names: set[str] = set()
+        for call in calls:
+            msg = call.message
+            if type(msg) is Acquire and self.batchable_acquire(msg, names):
+                run.append((call, None))
+            elif type(msg) is Release and self.batchable_release(msg, names):
+                run.append((call, self._leases[msg.name]))
+            else:
+                self._flush(run)
+                run, names = [], set()
+                self._serve(call)
+                continue
+            names.add(msg.name)
+        self._flush(run)
+
+    def _flush(self, run: list[tuple[Call, Any]]) -> None:
+        if len(run) < 2 or self.state != "CONNECTED":
+            for call, _lease in run:
+                self._serve(call)
+            return
+        # One statement: a data-modifying CTE per acquire (the grant of
+        # do_try_acquire) and per release (do_release's), results in one row.
+        parts, columns = [], []
+        params: dict[str, Any] = {"ns": self._ns, "floor": fence_floor(), "m": self.member_id, "tok": self.session_token, "ch": self._channel}
+        for i, (call, lease) in enumerate(run):
+            params[f"n{i}"] = call.message.name
+            if lease is None:
+                params[f"k{i}"] = lock_key(self._ns, call.message.name)
+                parts.append(
+                    f"l{i} AS (SELECT pg_try_advisory_lock(%(k{i})s) AS ok), "
+                    f"a{i} AS (INSERT INTO {{locks}} AS k (namespace, name, key, fence, holder, token, pid) "
+                    f"SELECT %(ns)s, %(n{i})s, %(k{i})s, %(floor)s, %(m)s, %(tok)s, pg_backend_pid() FROM l{i} WHERE l{i}.ok "
+                    "ON CONFLICT (namespace, name) DO UPDATE SET fence = k.fence + 1, key = EXCLUDED.key, "
+                    f"holder = EXCLUDED.holder, token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING fence)")
+                columns.append(f"(SELECT fence FROM a{i})")
+            else:
+                params[f"f{i}"] = lease.fence
+                parts.append(
+                    f"r{i} AS (UPDATE {{locks}} SET holder = NULL, token = NULL, pid = NULL WHERE namespace = %(ns)s "
+                    f"AND name = %(n{i})s AND fence = %(f{i})s AND token = %(tok)s AND pid = pg_backend_pid() RETURNING key)")
+                columns.append(f"(SELECT pg_advisory_unlock(key) FROM r{i}), (SELECT pg_notify(%(ch)s, 'f' || %(n{i})s) FROM r{i})")
+        conn = self.conn
+        sent_at = time.monotonic()
+        try:
+            query = sql.SQL("WITH " + ", ".join(parts) + " SELECT " + ", ".join(columns)).format(**self._t).as_string(conn.cmd)
+            conn.busy_since = sent_at
+            try:
+                with conn.cmd.cursor() as cur:
+                    cur.execute(query, params)
+                    row = list(cur.fetchone())
+            finally:
+                conn.busy_since = None
+        except Exception:  # noqa: BLE001 - the usual path reports it, call by call
+            self._give_back([call.message.name for call, lease in run if lease is None])
+            for call, _lease in run:
+                self._serve(call)
+            return
+        freed = []
+        for call, lease in run:
+            msg = call.message
+            if lease is None:
+                fence = row.pop(0)
+                if fence is not None:
+                    self._contended.discard(msg.name)
+                    self._deliver(call, self._hold(msg.name, int(fence), None, sent_at))
+                elif msg.timeout == 0:
+                    self._contended.add(msg.name)
+                    self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
+                else:
+                    self._serve(call)  # waits, the usual way
+            else:
+                released, _notified = row.pop(0), row.pop(0)
+                del self._leases[msg.name]
+                freed.append(msg.name)
+                if released:
+                    self._end_lease(lease, "released")
+                    self._deliver(call, None)
+                else:
+                    self._lose(lease, "the backend no longer held it at release")
+                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {lease.fence} had already been lost on the backend"))
+        if freed and self._waiters:
+            self._run_guarded(self._retry_waiters, freed)
+
+    def _give_back(self, names: list[str]) -> None:
+        """After a failed batch: advisory locks outlive a failed statement; free those it may have taken."""
+        if self.conn is None or self.conn.cmd.closed:
+            return
+        for name in names:
+            try:
+                self._run("SELECT pg_advisory_unlock(%s)", (lock_key(self._ns, name),), fetch="none")
+            except Exception:  # noqa: BLE001
+                logger.debug("%r: could not give back the advisory lock of %r", self, name, exc_info=True)
+                return
+
     def _retry_contended(self, conn: _Connection) -> None:
         """Actor thread, every ``retry_interval``: try again the locks found taken.
 
@@ -660,7 +777,11 @@ class PostgreSQLSession(SessionActor):
                 listen.poll()
                 notes, listen.notifies[:] = list(listen.notifies), []
                 freed = sorted({n.payload[1:] for n in notes if n.payload.startswith("f")})
-                if freed:
+                # Only a session with waiters acts on a freed lock: waking the
+                # actor for every release in the namespace cost each request a
+                # thread switch.  (A waiter registered just after is covered by
+                # its own second try, see _on_acquire.)
+                if freed and (self._waiters or self._campaigns):
                     self.run_on_actor(self._on_freed, conn, freed)
                 if any(n.payload == "e" for n in notes):
                     with listen.cursor() as cur:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import redis
@@ -45,11 +46,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from coordactors import errors
+from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
-from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
+from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
-from coordactors.messages import Lease
+from coordactors.messages import Acquire, GetMembers, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, seconds, text
 
@@ -89,8 +92,14 @@ class _Connection:
         self.stopping = threading.Event()
 
 
-class RedisSession(SessionActor):
-    """Session of ``redis://``: locks, groups and a stream of events in Redis."""
+class RedisSession(Coalescing, SessionActor):
+    """Session of ``redis://``: locks, groups and a stream of events in Redis.
+
+    Acquires, releases and member listings queued together (many callers
+    sharing the coordinator) go to Redis in one pipeline.
+    """
+
+    COALESCED = frozenset({Acquire, Release, GetMembers})
 
     CHARACTERISTICS = frozenset(
         {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS}
@@ -156,6 +165,17 @@ class RedisSession(SessionActor):
         reader = self._new_client(socket_timeout=None)
         return _Connection(client, reader)
 
+    _follows_events = False
+
+    def _on_acquire(self, msg: Any, call: Any) -> Any:
+        result = super()._on_acquire(msg, call)
+        if result is _PENDING:
+            # The reader drops "freed" entries while nobody waits: one that
+            # came between the failed try and the waiter's registration is
+            # covered by trying once more.
+            self._run_guarded(self._retry_waiters, [msg.name])
+        return result
+
     def on_connected(self) -> None:
         # The same token across reconnects: memberships that outlived a
         # dropped connection are still ours to refresh, update or leave.
@@ -197,7 +217,20 @@ class RedisSession(SessionActor):
             for _stream, entries in batches or ():
                 if entries:
                     last_id = entries[-1][0]
-                    self.run_on_actor(self._on_entries, conn, entries)
+                    # Hand over only what this session acts on: waking the
+                    # actor for every lock freed anywhere in the namespace
+                    # cost each request a thread switch.
+                    wanted = [entry for entry in entries if self._wants(entry[1])]
+                    if wanted:
+                        self.run_on_actor(self._on_entries, conn, wanted)
+
+    def _wants(self, fields: dict[str, str]) -> bool:
+        """Reader thread: does this session act on this stream entry?  (A
+        waiter registered just after is covered by its own second try, see
+        ``_on_acquire``; watching starts before the watch's snapshot.)"""
+        if fields.get("k") == "free":
+            return bool(self._waiters or self._campaigns)
+        return self._follows_events
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
@@ -227,6 +260,93 @@ class RedisSession(SessionActor):
         if freed:
             self.wake(freed)
 
+    # -- coalescing -----------------------------------------------------------
+
+    def serve_batch(self, calls: list[Call]) -> None:
+        """Pipeline the runs of acquires, releases and listings that need no
+        waiting; serve anything else (a contended lock, a release of a lease
+        not held) the usual way, in order."""
+        run: list[tuple[Call, str, Any]] = []
+        names: set[str] = set()
+        for call in calls:
+            msg = call.message
+            kind = type(msg)
+            if kind is Acquire and self.batchable_acquire(msg, names):
+                ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
+                run.append((call, "acquire", ttl))
+                names.add(msg.name)
+            elif kind is Release and self.batchable_release(msg, names):
+                run.append((call, "release", self._leases[msg.name]))
+                names.add(msg.name)
+            elif kind is GetMembers:
+                run.append((call, "members", None))
+            else:
+                self._flush(run)
+                run, names = [], set()
+                self._serve(call)
+        self._flush(run)
+
+    def _flush(self, run: list[tuple[Call, str, Any]]) -> None:
+        if not run:
+            return
+        if len(run) == 1 or self.state != "CONNECTED":
+            for call, _kind, _data in run:
+                self._serve(call)
+            return
+        sent_at = time.monotonic()
+        try:
+            with self.conn.client.pipeline(transaction=False) as pipe:
+                # EVALSHA straight away: a Script called on a pipeline makes
+                # redis-py check SCRIPT EXISTS first, one round trip more.
+                # A server that lost the scripts answers NOSCRIPT: those
+                # calls then take the usual path, which loads them.
+                for call, kind, data in run:
+                    msg = call.message
+                    if kind == "acquire":
+                        pipe.evalsha(self._scripts["ACQUIRE"].sha, 4, self._lock_key(msg.name), self._fence_key(msg.name), self._stream,
+                                     self._waiting_key(msg.name), f"{self.token}|", f"|{self.member_id}", self._ttl_ms(data), fence_floor(),
+                                     "", self.member_id, STREAM_LENGTH, self._ttl_ms(None))
+                    elif kind == "release":
+                        pipe.evalsha(self._scripts["RELEASE"].sha, 3, self._lock_key(msg.name), self._stream, self._waiting_key(msg.name),
+                                     self._lock_value(data.fence), msg.name, STREAM_LENGTH)
+                    else:
+                        pipe.evalsha(self._scripts["MEMBERS"].sha, 3, self._groups_key, self._group_key(msg.group), self._stream,
+                                     msg.group, f"{self._ns}:alive:", STREAM_LENGTH)
+                results = pipe.execute(raise_on_error=False)
+        except Exception:  # noqa: BLE001 - the usual path reports it, call by call
+            for call, _kind, _data in run:
+                self._serve(call)
+            return
+        freed = []
+        for (call, kind, data), result in zip(run, results):
+            msg = call.message
+            if isinstance(result, redis.exceptions.NoScriptError):
+                self._serve(call)
+            elif isinstance(result, Exception):
+                self._reject(call, self._translated(result))
+            elif kind == "acquire":
+                if result is not None:
+                    self._deliver(call, self._hold(msg.name, int(result), data, sent_at))
+                elif msg.timeout == 0:
+                    self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
+                else:
+                    self._serve(call)  # waits, the usual way
+            elif kind == "release":
+                del self._leases[msg.name]
+                freed.append(msg.name)
+                if result:
+                    self._end_lease(data, "released")
+                    self._deliver(call, None)
+                else:
+                    self._lose(data, "the backend no longer held it at release")
+                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {data.fence} had already been lost on the backend"))
+            elif result is None:
+                self._reject(call, errors.GroupNotFound(f"cannot list the members of {msg.group!r}: no such group"))
+            else:
+                self._deliver(call, frozenset(result))
+        if freed and self._waiters:
+            self._run_guarded(self._retry_waiters, freed)
+
     # -- keys -------------------------------------------------------------------
 
     def _group_key(self, group: str) -> str:
@@ -240,6 +360,9 @@ class RedisSession(SessionActor):
 
     def _fence_key(self, name: str) -> str:
         return f"{self._ns}:fence:{name}"
+
+    def _waiting_key(self, name: str) -> str:
+        return f"{self._ns}:waiting:{name}"
 
     def _ttl_ms(self, ttl: float | None) -> int:
         seconds_ = ttl if ttl is not None else self.options.session_ttl
@@ -329,13 +452,15 @@ class RedisSession(SessionActor):
     def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
         leader_group = name[len(RESERVED_LOCK_PREFIX):] if name.startswith(RESERVED_LOCK_PREFIX) else ""
         fence = self._scripts["ACQUIRE"](
-            keys=[self._lock_key(name), self._fence_key(name), self._stream],
-            args=[f"{self.token}|", f"|{self.member_id}", self._ttl_ms(ttl), fence_floor(), leader_group, self.member_id, STREAM_LENGTH],
+            keys=[self._lock_key(name), self._fence_key(name), self._stream, self._waiting_key(name)],
+            args=[f"{self.token}|", f"|{self.member_id}", self._ttl_ms(ttl), fence_floor(), leader_group, self.member_id, STREAM_LENGTH,
+                  self._ttl_ms(None)],
         )
         return None if fence is None else int(fence)
 
     def do_release(self, name: str, fence: int) -> bool:
-        released = self._scripts["RELEASE"](keys=[self._lock_key(name), self._stream], args=[self._lock_value(fence), name, STREAM_LENGTH])
+        released = self._scripts["RELEASE"](keys=[self._lock_key(name), self._stream, self._waiting_key(name)],
+                                            args=[self._lock_value(fence), name, STREAM_LENGTH])
         return bool(released)
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
@@ -372,6 +497,7 @@ class RedisSession(SessionActor):
             self.resync(group)
 
     def do_watch(self, group: str) -> None:
+        self._follows_events = True
         self.snapshot(group)
 
     def do_unwatch(self, group: str) -> None:

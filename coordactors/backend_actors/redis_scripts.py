@@ -13,6 +13,8 @@ member name can forge another's key:
     {ns}:alive:{g}\x1f{m}        STRING session token, PX session_ttl (liveness)
     {ns}:lock:{name}             STRING "<token>|<fence>|<member>", PX ttl
     {ns}:fence:{name}            STRING counter (INCR)
+    {ns}:waiting:{name}          STRING "1", PX session_ttl: someone lately found the
+                                 lock taken and may wait for it
     {ns}:events                  STREAM of {g, k: join|leave|leader|free, m}
 """
 
@@ -98,14 +100,19 @@ return 'ok'
 
 ACQUIRE = """
 -- SET NX PX plus the fence INCR, in one script.
--- KEYS: 1 lock key, 2 fence key, 3 events stream
--- ARGV: 1 '<token>|', 2 '|<member>', 3 ttl ms, 4 fence floor, 5 leader group or '', 6 member, 7 stream maxlen
--- Returns: the new fence, or false if the lock is held.
+-- KEYS: 1 lock key, 2 fence key, 3 events stream, 4 waiting marker
+-- ARGV: 1 '<token>|', 2 '|<member>', 3 ttl ms, 4 fence floor, 5 leader group or '', 6 member, 7 stream maxlen,
+--       8 waiting marker ttl ms
+-- Returns: the new fence, or false if the lock is held (and then marks the
+-- lock as waited for, so that its release announces itself on the stream).
 -- The fence comes from the counter, first raised to a clock-derived floor
 -- (microseconds) if it is below it: a counter that is missing (first use, a
 -- server that lost its data) or behind (a replica promoted before the last
 -- INCRs reached it) never hands out a fence lower than one already given.
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[8])
+  return false
+end
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if counter < tonumber(ARGV[4]) then redis.call('SET', KEYS[2], ARGV[4]) end
 local fence = redis.call('INCR', KEYS[2])
@@ -119,12 +126,16 @@ return fence
 
 RELEASE = """
 -- Deletes the lock only if it is still ours (same token and fence).
--- KEYS: 1 lock key, 2 events stream
+-- KEYS: 1 lock key, 2 events stream, 3 waiting marker
 -- ARGV: 1 expected value, 2 lock name, 3 stream maxlen
 -- Returns: 1 released, 0 not ours (expired or taken)
+-- Only a lock someone lately found taken announces its release: an event per
+-- release woke every session's stream reader for nothing.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-""" + _XADD.format(stream=2, maxlen=3, group="ARGV[2]", kind="'free'", member="''") + """
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  """ + _XADD.format(stream=2, maxlen=3, group="ARGV[2]", kind="'free'", member="''") + """
+end
 return 1
 """
 

@@ -1,0 +1,89 @@
+"""Coalescing: a session serves the requests queued behind the current one together.
+
+When many callers share one coordinator, requests pile up in the session's
+inbox while it waits on a round trip.  A backend that can pipeline (a Redis
+pipeline, one SQL round trip) mixes in :class:`Coalescing`: on a request of a
+type in ``COALESCED`` it takes every request of such types already queued
+(up to ``MAX_BATCH``) and hands them to ``serve_batch``, which the backend
+implements with as few round trips as it can.  Anything else queued is
+served after the batch, in order; one caller alone never waits for a batch
+to fill -- only what is already queued is taken.
+"""
+
+from __future__ import annotations
+
+import queue
+from typing import Any, ClassVar
+
+from coordactors._protocol import Call
+from coordactors.backend_actors.base import CONNECTED
+from coordactors.messages import Acquire, Lease, Release
+from coordactors.messages._validate import RESERVED_LOCK_PREFIX
+
+__all__ = ["Coalescing"]
+
+
+class Coalescing:
+    """Mixin for a SessionActor subclass (list it first among the bases)."""
+
+    COALESCED: ClassVar[frozenset[type]] = frozenset()
+    MAX_BATCH: ClassVar[int] = 64
+
+    def on_receive(self, message: Any) -> Any:
+        """Actor thread: serve a coalescable request together with those queued behind it."""
+        coalesced = self.COALESCED
+        if type(message) is not Call or type(message.message) not in coalesced or self.state is not CONNECTED:  # type: ignore[attr-defined]
+            return super().on_receive(message)  # type: ignore[misc]
+        batch = [message]
+        leftover = None
+        inbox = self.actor_inbox  # type: ignore[attr-defined]
+        while len(batch) < self.MAX_BATCH:
+            try:
+                envelope = inbox.get_nowait()
+            except queue.Empty:
+                break
+            queued = envelope.message
+            if envelope.reply_to is None and type(queued) is Call and type(queued.message) in coalesced:
+                batch.append(queued)
+            else:
+                leftover = envelope
+                break
+        if len(batch) == 1:
+            self._serve(message)  # type: ignore[attr-defined]
+        else:
+            self.serve_batch(batch)
+        if leftover is not None:
+            self._handle_envelope(leftover)
+        return None
+
+    def serve_batch(self, calls: list[Call]) -> None:
+        """Serve ``calls`` (in order, as far as any caller can tell); default: one by one."""
+        for call in calls:
+            self._serve(call)  # type: ignore[attr-defined]
+
+    def batchable_acquire(self, msg: Acquire, names: set[str]) -> bool:
+        """Can this acquire be tried in a batch?  Not if the name repeats in the
+        batch, is held or waited for here, or needs what only the usual path
+        does (a leader lock, a TTL the backend refuses)."""
+        return (msg.name not in names and msg.name not in self._leases and not self._waiters.get(msg.name)  # type: ignore[attr-defined]
+                and not msg.name.startswith(RESERVED_LOCK_PREFIX) and (msg.ttl is None or self.LEASE_TTL))  # type: ignore[attr-defined]
+
+    def batchable_release(self, msg: Release, names: set[str]) -> bool:
+        """Can this release be done in a batch?  Only of a lease held here (any
+        other release gets its error from the usual path)."""
+        lease = self._leases.get(msg.name)  # type: ignore[attr-defined]
+        wanted = msg.name_or_lease if isinstance(msg.name_or_lease, Lease) else None
+        return msg.name not in names and lease is not None and (wanted is None or wanted.fence == lease.fence)
+
+    def _handle_envelope(self, envelope: Any) -> None:
+        # What pykka's loop does with one envelope; an error of a told
+        # message propagates, so the loop treats it as a failure as usual.
+        try:
+            response = self._handle_receive(envelope.message)  # type: ignore[attr-defined]
+        except Exception:
+            if envelope.reply_to is None:
+                raise
+            envelope.reply_to.set_exception()
+            return
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(response)
