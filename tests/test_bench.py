@@ -56,7 +56,7 @@ def test_plots_are_written(tmp_path: Any) -> None:
     output = tmp_path / "results"
     status = main(["--quick", "--operations", "lock", "--output", str(output), "memory://"])
     assert status == 0
-    assert sorted(os.listdir(output)) == ["latency-lock.png", "results.json", "results.md", "throughput-lock.png"]
+    assert sorted(os.listdir(output)) == ["latency-lock.png", "results.json", "results.md", "summary.rst", "throughput-lock.png"]
     assert (output / "latency-lock.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -94,12 +94,13 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append("")
     if data.get("events"):
         lines += ["## Event latency (join in one coordinator -> MemberJoined at another's subscriber)", "",
-                  "| backend | how | p50 | p90 | p99 |", "|---|---|---|---|---|"]
+                  "| backend | how | p50 | p90 | p99 | the join's own p50 |", "|---|---|---|---|---|---|"]
         for r in data["events"]:
             if r.get("sample"):
                 s = r["sample"]
                 how = "pushed" if r["pushed"] else f"polled every {r['poll_interval']} s"
-                lines.append(f"| {r['backend']} | {how} | {_fmt(s['p50_us'])} | {_fmt(s['p90_us'])} | {_fmt(s['p99_us'])} |")
+                join = r.get("join", {}).get("p50_us")
+                lines.append(f"| {r['backend']} | {how} | {_fmt(s['p50_us'])} | {_fmt(s['p90_us'])} | {_fmt(s['p99_us'])} | {_fmt(join)} |")
             else:
                 lines.append(f"| {r['backend']} | | n/a: {r.get('error', '')} | | |")
         lines.append("")
@@ -182,8 +183,56 @@ def plots(data: dict[str, Any], directory: str) -> list[str]:
     return written
 
 
+def _rst_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return [*lines, rule]
+
+
+def rst_summary(data: dict[str, Any]) -> str:
+    """The README's excerpt: one-caller latency and shared-coordinator throughput of the lock, as reStructuredText."""
+    rows = _index(data["results"])
+    m = data["machine"]
+    floors = data["floors"]
+    out = [
+        f"Measured {data['date']} on this project's CI machine: {m.get('cpu', '?')}, {m['cpus']} CPUs, {m.get('memory', '?')}, "
+        f"Python {m['python']}; load average {m['loadavg_at_start'][0]} at start, {data['loadavg_at_end'][0]} at end "
+        f"(the machine was shared). Thread ping-pong floor p50 {floors['queue_pingpong']['p50_us']:.0f} µs, pykka ask "
+        f"{floors['pykka_ask']['p50_us']:.0f} µs.",
+        "",
+        "Uncontended lock acquire + release, one caller, p50 (µs):",
+        "",
+    ]
+    table = []
+    for backend in data["backends"]:
+        cells = [backend]
+        for contender in ("raw", "ask", "submit", "asyncio", "tooz"):
+            r = rows.get((backend, "lock", contender, "c1"))
+            cells.append(f"{r['sample']['p50_us']:.0f}" if r and r.get("sample") else "n/a")
+        table.append(cells)
+    out += _rst_table(["backend", "raw client", "ask", "submit", "asyncio", "tooz"], table)
+    out += ["", "Lock acquire + release throughput (operations/s): one caller, 16 callers sharing one coordinator, "
+            "16 tooz coordinators:", ""]
+    table = []
+    for backend in data["backends"]:
+        def tput(contender: str, mode: str) -> str:
+            r = rows.get((backend, "lock", contender, mode))
+            return f"{r['sample']['throughput']:.0f}" if r and r.get("sample") else "n/a"
+        one, shared = rows.get((backend, "lock", "ask", "c1")), rows.get((backend, "lock", "ask", "c16"))
+        gain = (f"{shared['sample']['throughput'] / one['sample']['throughput']:.1f}x"
+                if one and shared and one.get("sample") and shared.get("sample") else "n/a")
+        table.append([backend, tput("ask", "c1"), tput("ask", "c16"), tput("asyncio", "c16"), gain, tput("tooz", "c1"), tput("tooz", "sep16")])
+    out += _rst_table(["backend", "ask x1", "ask x16", "asyncio x16", "gain", "tooz x1", "tooz 16 coords"], table)
+    targets = data.get("targets", [])
+    out += ["", f"{sum(t['ok'] for t in targets)} of {len(targets)} target checks hold in this run; "
+            "``benchmarks/results/results.md`` lists every number and every check that does not hold."]
+    return "\n".join(out) + "\n"
+
+
 def write_all(data: dict[str, Any], directory: str, *, with_plots: bool = True) -> list[str]:
-    """Write results.json, results.md and the plots into ``directory``; return the paths."""
+    """Write results.json, results.md, summary.rst and the plots into ``directory``; return the paths."""
     os.makedirs(directory, exist_ok=True)
     json_path = os.path.join(directory, "results.json")
     with open(json_path, "w", encoding="utf-8") as out:
@@ -193,7 +242,10 @@ def write_all(data: dict[str, Any], directory: str, *, with_plots: bool = True) 
     with open(md_path, "w", encoding="utf-8") as out:
         out.write(markdown(data))
         out.write("\n")
-    written = [json_path, md_path]
+    rst_path = os.path.join(directory, "summary.rst")
+    with open(rst_path, "w", encoding="utf-8") as out:
+        out.write(rst_summary(data))
+    written = [json_path, md_path, rst_path]
     if with_plots:
         written += plots(data, directory)
     return written

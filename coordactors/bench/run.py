@@ -142,7 +142,9 @@ def _bench_backend(backend: Any, operations: list[Any], sweep: list[str], args: 
         session_class = backend.session_class
         fields = {"backend": backend.name, "pushed": not session_class.POLLS, "round_trip_us": ask_trip,
                   "poll_interval": parse_poll_interval(fixture.url)}
-        _record(data, "events", fields, lambda: scenarios.event_latency(fixture, iterations=args.events))
+        extra = _record(data, "events", fields, lambda: scenarios.event_latency(fixture, iterations=args.events))
+        if extra:
+            fields.update(extra)
     finally:
         fixture.close()
     if backend.name == "memory":

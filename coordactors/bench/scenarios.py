@@ -62,8 +62,12 @@ def heartbeat(fixture: Fixture, contender: str, leases: int, *, iterations: int)
         coord.stop()
 
 
-def event_latency(fixture: Fixture, *, iterations: int) -> Sample:
-    """From a join sent by one coordinator until a subscriber of another sees its MemberJoined."""
+def event_latency(fixture: Fixture, *, iterations: int) -> tuple[Sample, dict[str, Any]]:
+    """From a join sent by one coordinator until a subscriber of another sees its MemberJoined.
+
+    Also returns the join's own latency (until its reply: the join is applied
+    at the backend), so the report can say how much of the event latency is
+    the delivery after the join took effect."""
     group = fixture.fresh("events")
     seen: dict[tuple[type, str], threading.Event] = {}
     arrived: dict[tuple[type, str], int] = {}
@@ -81,7 +85,7 @@ def event_latency(fixture: Fixture, *, iterations: int) -> Sample:
         with lock:
             return seen.setdefault((kind, member), threading.Event())
 
-    hist = histogram()
+    hist, joins, after = histogram(), histogram(), histogram()
     began = time.perf_counter()
     with coordactors.connect(fixture.url, fixture.fresh("watcher")) as watcher:
         watcher.ask(CreateGroup(group), block=True, timeout=REQUEST_TIMEOUT)
@@ -92,10 +96,14 @@ def event_latency(fixture: Fixture, *, iterations: int) -> Sample:
                 joined, left = waiter(MemberJoined, member), waiter(MemberLeft, member)
                 started = time.perf_counter_ns()
                 joiner.ask(Join(group), block=True, timeout=REQUEST_TIMEOUT)
+                replied = time.perf_counter_ns()
                 if not joined.wait(REQUEST_TIMEOUT):
                     raise TimeoutError(f"no MemberJoined within {REQUEST_TIMEOUT}s")
                 if i:  # the first is a warm-up
-                    hist.record_value(max(1, (arrived[(MemberJoined, member)] - started) // 1000))
+                    seen_at = arrived[(MemberJoined, member)]
+                    hist.record_value(max(1, (seen_at - started) // 1000))
+                    joins.record_value(max(1, (replied - started) // 1000))
+                    after.record_value(max(1, (seen_at - replied) // 1000))
                 joiner.ask(Leave(group), block=True, timeout=REQUEST_TIMEOUT)
                 if not left.wait(REQUEST_TIMEOUT):
                     raise TimeoutError(f"no MemberLeft within {REQUEST_TIMEOUT}s")
@@ -103,7 +111,8 @@ def event_latency(fixture: Fixture, *, iterations: int) -> Sample:
                     for key in ((MemberJoined, member), (MemberLeft, member)):
                         seen.pop(key, None)
                         arrived.pop(key, None)
-    return summarise(hist, time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    return summarise(hist, seconds), {"join": summarise(joins, seconds).as_dict(), "after_join_reply": summarise(after, seconds).as_dict()}
 
 
 def failover_ttl(backend: Backend) -> float:

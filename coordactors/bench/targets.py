@@ -84,15 +84,21 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if not row.get("sample"):
             continue
         p50 = row["sample"]["p50_us"]
+        join = row.get("join", {}).get("p50_us", 0.0)
         if row["backend"] in PUSH_BACKENDS:
             if not row.get("round_trip_us"):
                 continue  # the try-lock was not measured: no round trip to compare with
+            # The join itself (a transaction of several statements on some
+            # backends) is not the event system's: compare what comes after it.
+            delivery = max(0.0, p50 - join)
             limit = EVENT_ROUND_TRIPS * row["round_trip_us"]
-            what = f"within {EVENT_ROUND_TRIPS} round trips ({row['round_trip_us']:.0f} µs each: one coordactors request)"
+            yield _row("event latency", row["backend"], f"delivery within {EVENT_ROUND_TRIPS} round trips ({row['round_trip_us']:.0f} µs each: one coordactors try-lock)",
+                       delivery, limit, delivery <= limit,
+                       f"join -> MemberJoined p50 {p50:.0f} µs (p99 {row['sample']['p99_us']:.0f}), of which the join's own reply {join:.0f} µs")
         else:
             limit = row["poll_interval"] * 1e6
-            what = f"within one poll interval ({row['poll_interval']} s)"
-        yield _row("event latency", row["backend"], what, p50, limit, p50 <= limit, f"join -> MemberJoined p50 {p50:.0f} µs, p99 {row['sample']['p99_us']:.0f} µs")
+            yield _row("event latency", row["backend"], f"within one poll interval ({row['poll_interval']} s)", p50, limit, p50 <= limit,
+                       f"join -> MemberJoined p50 {p50:.0f} µs, p99 {row['sample']['p99_us']:.0f} µs")
     for row in data.get("failover", []):
         if not row.get("sample"):
             continue
