@@ -9,16 +9,15 @@ import sys
 import threading
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import wait_until
 
-import coordactors
 from coordactors.events import SessionLost, SessionRestored
 from coordactors.messages import Acquire
 from coordactors.testing import EventRecorder
 from coordactors.testing.faults import Proxy, bounded_faults, kill_process, pause_process, paused, resume_process
-from helpers import wait_until
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -62,7 +61,7 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _is_cut_off(connect: "Callable[[], socket.socket] | socket.socket") -> bool:
+def _is_cut_off(connect: Callable[[], socket.socket] | socket.socket) -> bool:
     """Whether the connection is reset or closed by the peer (True), within a few seconds; never hangs."""
     try:
         sock = connect() if callable(connect) else connect
@@ -76,7 +75,7 @@ def _is_cut_off(connect: "Callable[[], socket.socket] | socket.socket") -> bool:
                 return True
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     finally:
         if callable(connect):

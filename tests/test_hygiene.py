@@ -12,11 +12,11 @@ import traceback
 import uuid
 
 import pytest
+from helpers import wait_until
 
 import coordactors
 from coordactors import errors
 from coordactors.messages import Acquire, Release
-from helpers import wait_until
 
 SECRET = "Sup3rS3cretPw"
 
@@ -189,8 +189,7 @@ def test_a_foreign_file_registry_is_refused_and_left_untouched(tmp_path) -> None
     directory = tmp_path / "coord"
     directory.mkdir()
     (directory / "registry.json").write_text('{"somebody": "else"}')
-    with pytest.raises(errors.CoordinationError) as caught:
-        with coordactors.connect(f"file://{directory}", "a") as coord:
-            coord.join("g", create=True)
+    with pytest.raises(errors.CoordinationError) as caught, coordactors.connect(f"file://{directory}", "a") as coord:
+        coord.join("g", create=True)
     assert "format" in str(caught.value) or "foreign" in str(caught.value)
     assert (directory / "registry.json").read_text() == '{"somebody": "else"}'

@@ -12,19 +12,18 @@ import gc
 import os
 import random
 import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
+from helpers import wait_until
+from test_hygiene import _assert_no_growth, _fds, _rss_kib, _threads
 
 import coordactors
 from coordactors import errors
 from coordactors.messages import Acquire, Release
 from coordactors.testing.faults import Proxy, bounded_faults
 from coordactors.testing.servers import RedisServer
-from helpers import wait_until
-from test_hygiene import _assert_no_growth, _fds, _rss_kib, _threads
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(1800)]
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -49,7 +48,8 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 
@@ -119,7 +119,7 @@ class _Worker:
         self.thread: threading.Thread | None = None
         self.stop_event, self.crash_event = threading.Event(), threading.Event()
         self.killed = False
-        emit = lambda record: sink.put(name, record)  # noqa: E731
+        emit = lambda record: sink.put(name, record)
         if threaded:
             from coordactors.testing.checker.worker import run
 

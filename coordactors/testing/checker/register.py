@@ -22,7 +22,8 @@ import fcntl
 import json
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["FencedRegister", "Outcome"]
 

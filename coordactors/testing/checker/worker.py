@@ -21,7 +21,8 @@ import random
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import coordactors
 from coordactors import errors
