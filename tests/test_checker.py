@@ -45,6 +45,8 @@ def test_a_private_redis_through_every_nemesis(tmp_path) -> None:
     assert pause["faults"] == restart["faults"] == partition["faults"] == 1
     assert pause.get("paused_holder_learned_first") is True, report.text()
     assert restart["sessions_lost"] >= 1 and "restore_after_heal" in restart, report.text()
+    assert restart["campaigns_restored"] and restart["watches_restored"], report.text()
+    assert partition["campaigns_restored"] and partition["watches_restored"], report.text()
 
 
 def test_nemeses_a_backend_cannot_have_are_listed_as_skipped_with_why() -> None:
@@ -146,3 +148,16 @@ def test_lost_updates_a_slow_recovery_and_a_silent_paused_holder_are_problems() 
     pause = {"name": "holder-pause", "start": 0.0, "end": 10.0, "faults": [{"kind": "pause", "at": 1.5, "worker": "a", "fence": 1}]}
     result = judge_phase(pause, holds, [], records, 2.0, 0.5)
     assert any("never told" in p for p in result["problems"])
+
+
+def test_a_restored_session_without_its_campaign_or_watch_is_a_problem() -> None:
+    records = _records(("a", "grant", 1.0, {"fence": 1}), ("b", "grant", 6.0, {"fence": 2}),
+                       ("a", "session", 3.0, {"type": "lost"}), ("a", "session", 5.5, {"type": "restored"}))
+    holds = holds_from(records, {}, 10.0)
+    fault = {"kind": "restart", "at": 2.0, "healed_at": 5.0, "members": {"a", "b"}, "expected_members": {"a", "b"},
+             "leader": None, "watch_missing": ["a"]}
+    result = judge_phase({"name": "server-restart", "start": 0.0, "end": 10.0, "faults": [fault]}, holds, [], records, 2.0, 0.5)
+    assert result["restore_after_heal"] == 0.5 and result["grant_after_heal"] == 1.0
+    assert result["campaigns_restored"] is False and result["watches_restored"] is False
+    assert any("campaigns not restored" in p for p in result["problems"])
+    assert any("watches not restored" in p for p in result["problems"])

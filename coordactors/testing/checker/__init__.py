@@ -397,7 +397,25 @@ class _Run:
                 if members == expected and all(caps[m] == {"worker": m} for m in expected):
                     break
                 threading.Event().wait(0.1)
-        fault["members"], fault["expected_members"] = members, expected
+            fault["members"], fault["expected_members"] = members, expected
+            # Campaigns came back: some live worker leads.  Watches came back: every live worker hears a newcomer.
+            leader = None
+            while time.monotonic() < deadline and leader not in expected:
+                leader = observer.leader(self.group)
+                if leader not in expected:
+                    threading.Event().wait(0.1)
+            fault["leader"] = leader
+            joined_at = time.monotonic()
+            observer.join(self.group, {"probe": True})
+            live = {w for w in self.live() if self.workers[w].config["member"] in expected}
+
+            def heard() -> set[str]:
+                return {w for w, r in self.sink.records if r["k"] == "group" and r["type"] == "joined"
+                        and r["member"] == observer.member_id and r["at"] >= joined_at}
+
+            self.sink.wait(lambda: live <= heard(), 5 + self.ttl)
+            fault["watch_missing"] = sorted(live - heard())
+            observer.leave(self.group)
 
 
 def _with_options(url: str, options: dict[str, str]) -> str:

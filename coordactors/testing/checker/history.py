@@ -186,5 +186,12 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
         result["sessions_lost"] = result.get("sessions_lost", 0) + len(lost)
         if slowest > 1.0 + backoff_max:
             problems.append(f"SLOW: sessions were restored {slowest:.3f}s after the {kind} healed (> 1 s + backoff {backoff_max} s)")
+        if "leader" in fault:
+            result["campaigns_restored"] = result.get("campaigns_restored", True) and fault["leader"] in fault["expected_members"]
+            result["watches_restored"] = result.get("watches_restored", True) and not fault.get("watch_missing")
+        if "leader" in fault and fault["leader"] not in fault["expected_members"]:
+            problems.append(f"after the {kind} no live worker led the group (leader: {fault['leader']!r}): campaigns not restored")
+        if fault.get("watch_missing"):
+            problems.append(f"after the {kind} {', '.join(fault['watch_missing'])} never heard a member join: watches not restored")
         if fault.get("members") is not None and fault["members"] != fault["expected_members"]:
             problems.append(f"after the {kind} the group held {sorted(fault['members'])}, expected {sorted(fault['expected_members'])}")

@@ -11,7 +11,10 @@ Records (``k``): ``ready``; ``grant`` (fence); ``believe`` (a ``check()``
 passed, right before a write); ``end`` (why: ``release``, ``check`` -- with
 the lease's local expiry if it had one -- or ``stop``); ``lost`` (a LockLost
 event); ``session`` (SessionLost / SessionRestored, with downtime);
-``write`` (the register's outcome); ``error`` (an unexpected exception).
+``write`` (the register's outcome); ``group`` (an event of the watched group:
+joined / left / leader); ``error`` (an unexpected exception).  Each worker also
+joins the group with capabilities, watches it and campaigns for its leadership,
+so the checker can tell whether all of that comes back after a fault.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import coordactors
 from coordactors import errors
-from coordactors.events import LockLost, SessionLost, SessionRestored
+from coordactors.events import LeaderElected, LockLost, MemberJoined, MemberLeft, SessionLost, SessionRestored
 from coordactors.messages import Acquire, Release
 from coordactors.testing.checker.register import FencedRegister, Outcome
 
@@ -55,9 +58,16 @@ def run(config: dict[str, Any], emit: Emit, stop: threading.Event, crash: thread
         elif isinstance(event, SessionRestored):
             emit({"k": "session", "type": "restored", "at": now, "downtime": event.downtime})
 
+    def on_group_event(event: Any) -> None:
+        kind = {MemberJoined: "joined", MemberLeft: "left", LeaderElected: "leader"}.get(type(event))
+        if kind is not None:
+            emit({"k": "group", "type": kind, "member": event.member, "at": time.monotonic()})
+
     try:
         coord.subscribe(on_event)
         coord.join(config["group"], {"worker": member}, create=True)
+        coord.watch(config["group"], on_group_event)  # restored after a lost session, like the membership
+        coord.campaign(config["group"])
         emit({"k": "ready", "at": time.monotonic()})
         ttl = config.get("ttl")
         while not stop.is_set() and not crash.is_set():
