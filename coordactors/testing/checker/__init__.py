@@ -156,7 +156,7 @@ class _Worker:
         """Stop politely (stdin closed / stop event), then by force."""
         if self.process is not None:
             if self.process.poll() is None:
-                os.kill(self.process.pid, 18)  # SIGCONT, in case it is paused
+                resume_process(self.process)  # in case it is paused
                 if self.process.stdin is not None:
                     self.process.stdin.close()
                 try:
