@@ -53,6 +53,7 @@ def test_nemeses_a_backend_cannot_have_are_listed_as_skipped_with_why() -> None:
     report = run_check(f"memory://c{uuid.uuid4().hex[:8]}", ["none", "holder-pause", "server-restart", "partition"], seconds=0.5)
     assert [p["nemesis"] for p in report.phases] == ["none"]
     assert set(report.skipped) == {"holder-pause", "server-restart", "partition"}
+    assert "--cluster" in run_check(f"memory://c{uuid.uuid4().hex[:8]}", ["node-kill"], seconds=0.5).skipped["node-kill"]
     assert "threads" in report.skipped["holder-pause"]
 
 
@@ -64,6 +65,8 @@ def test_bad_arguments_are_invalid_argument_and_usage_status() -> None:
     assert main(["memory://", "--nemesis", "flood"]) == 64
     assert main(["nope://x"]) == 64
     assert main(["--no-such-flag"]) == 64
+    assert main(["memcached://", "--cluster"]) == 64  # no cluster of that kind
+    assert main(["redis://", "--cluster", "--private"]) == 64
 
 
 def test_an_unreachable_backend_is_status_69(capsys) -> None:

@@ -1,6 +1,7 @@
 """Clustered backends: what a node failure costs, on real clusters started here.
 
-A ZooKeeper ensemble of three, started once for the module; each test takes a
+A ZooKeeper ensemble and an etcd cluster of three, started once for the module, and
+a Redis primary with a replica and three Sentinels per test; each test takes a
 namespace of its own and leaves every node running again.
 """
 
@@ -19,6 +20,7 @@ import coordactors
 from coordactors.events import LeaderElected, LockLost, MemberJoined, SessionLost, SessionRestored
 from coordactors.messages import Acquire, Release
 from coordactors.testing import EventRecorder
+from coordactors.testing.checker import run_check
 from coordactors.testing.clusters import EtcdCluster, RedisSentinelCluster, ZooKeeperEnsemble
 from coordactors.testing.pytest_plugin import start_or_skip
 
@@ -199,3 +201,25 @@ def test_a_sentinel_failover_costs_the_lock_but_never_leaves_two_holders(sentine
     own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events), timeout=30)
     assert other.members("g", timeout=10) == {"holder"}
     assert sentinel_cluster.master_index() == promoted
+
+
+# -- the safety checker, with a node of each cluster killed ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["zookeeper", "etcd", "etcd3", "redis-sentinel"])
+def test_the_safety_checker_finds_each_cluster_safe_when_its_primary_node_is_killed(kind: str, request: Any) -> None:
+    cluster = request.getfixturevalue({"zookeeper": "ensemble", "redis-sentinel": "sentinel_cluster"}.get(kind, "etcd_cluster"))
+    base = cluster.url_v3 if kind == "etcd3" else cluster.url
+    url = f"{base}{'&' if '?' in base else '?'}namespace=t{uuid.uuid4().hex[:12]}"
+
+    report = run_check(url, ["none", "node-kill"], workers=3, seconds=1.0, ttl=2.0, server=cluster)
+
+    assert report.unsafe == [], report.text()
+    none, node_kill = report.phases
+    assert none["holds"] >= 2 and node_kill["faults"] == 1, report.text()
+    assert node_kill["overlaps"] == node_kill["lost_updates"] == 0, report.text()
+    assert "grant_after_heal" in node_kill, report.text()  # the lock is granted again once the node is back
+    assert node_kill["campaigns_restored"] and node_kill["watches_restored"], report.text()
+    assert all(node.is_running for node in cluster.nodes)
+    if kind.startswith("etcd"):
+        wait_until(lambda: cluster.leader() is not None, timeout=20)

@@ -341,16 +341,16 @@ class RedisSentinelCluster(Cluster[Server]):
     def __init__(self, *, replicas: int = 1, sentinels: int = 3, name: str = "coordactors", host: str = "127.0.0.1") -> None:
         ports = free_ports(1 + replicas + sentinels, host)
         self.master_name = name
-        self.primary = RedisServer(host=host, port=ports[0])
-        self.replicas = [RedisReplica(self.primary, host=host, port=port) for port in ports[1:1 + replicas]]
+        self.first_primary = RedisServer(host=host, port=ports[0])  # the master until a failover
+        self.replicas = [RedisReplica(self.first_primary, host=host, port=port) for port in ports[1:1 + replicas]]
         quorum = sentinels // 2 + 1
-        self.sentinels = [SentinelServer(name, self.primary, quorum, host=host, port=port) for port in ports[1 + replicas:]]
-        self.nodes = [self.primary, *self.replicas, *self.sentinels]
+        self.sentinels = [SentinelServer(name, self.first_primary, quorum, host=host, port=port) for port in ports[1 + replicas:]]
+        self.nodes = [self.first_primary, *self.replicas, *self.sentinels]
 
     def start(self) -> Self:
         """Start the primary, then the replicas (until in sync), then the sentinels."""
         try:
-            self.primary.start()
+            self.first_primary.start()
             self._start_together(range(1, 1 + len(self.replicas)))
             self.wait_replicated(self.START_TIMEOUT)
             self._start_together(range(1 + len(self.replicas), len(self.nodes)))

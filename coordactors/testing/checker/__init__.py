@@ -58,14 +58,16 @@ from coordactors import errors
 from coordactors.characteristics import Characteristics
 from coordactors.testing.checker.history import holds_from, judge_phase
 from coordactors.testing.checker.register import FencedRegister
+from coordactors.testing.clusters import Cluster
 from coordactors.testing.faults import Proxy, kill_process, pause_process, resume_process
 from coordactors.urls import parse_url, redact
 
 __all__ = ["NEMESES", "Report", "main", "run_check"]
 
-NEMESES = ("none", "holder-kill", "holder-pause", "server-restart", "partition")
+NEMESES = ("none", "holder-kill", "holder-pause", "server-restart", "partition", "node-kill")
 LOCAL_SCHEMES = ("memory", "zake", "file", "ipc")
 HARD_LIMIT = 600.0  # no check runs longer than this, whatever it is asked
+NODE_FAILOVER_WAIT = 30.0  # node-kill: the longest wait for the cluster to name another primary
 
 
 @attrs.define
@@ -377,6 +379,27 @@ class _Run:
         self._await_restoration(fault)
         faults.append(fault)
 
+    def _node_kill(self, faults: list[dict[str, Any]]) -> None:
+        """Kill the node the cluster depends on (leader, master) while a worker holds the lock; restart it later.
+
+        The node stays down for a TTL and a second and until the cluster names
+        another primary (bounded), so a failover really happens before it returns.
+        """
+        self.holder(self.ttl * 3 + 5)
+        index = self.server.primary()
+        index = 0 if index is None else index
+        at = time.monotonic()
+        self.server.kill(index)
+        threading.Event().wait(self.ttl + 1.0)
+        deadline = time.monotonic() + NODE_FAILOVER_WAIT
+        while self.server.primary() in (None, index) and time.monotonic() < deadline:
+            threading.Event().wait(0.1)
+        failed_over = time.monotonic()
+        self.server.restart(index)
+        fault = {"kind": "node-kill", "at": at, "node": index, "failed_over_at": failed_over, "healed_at": time.monotonic()}
+        self._await_restoration(fault)
+        faults.append(fault)
+
     def _await_restoration(self, fault: dict[str, Any]) -> None:
         """Wait (bounded) until every session lost since the fault is restored; then compare the group."""
         at = fault["at"]
@@ -444,7 +467,9 @@ def run_check(
         seconds: the least length of a phase (a fault and its recovery may take longer).
         ttl: the session TTL (and lease TTL where the backend has them) the workers use, in seconds.
         server: what serves ``url``, with ``kill()`` and ``restart()`` (same port), e.g. a
-            :class:`coordactors.testing.servers.Server`; needed by ``server-restart``.
+            :class:`coordactors.testing.servers.Server`; needed by ``server-restart``.  For
+            ``node-kill``, a :class:`coordactors.testing.clusters.Cluster` (``kill(i)``,
+            ``restart(i)``, ``primary()``) whose nodes ``url`` names.
 
     A nemesis the backend cannot be given (no server to restart, no TCP for a
     partition, threads cannot be paused alone) is listed in ``Report.skipped`` with why.
@@ -460,9 +485,16 @@ def run_check(
     threaded = Characteristics.DISTRIBUTED_ACROSS_PROCESSES not in session_class.CHARACTERISTICS
     networked = options.scheme not in LOCAL_SCHEMES and options.host is not None and options.port is not None
     skipped: dict[str, str] = {}
+    cluster = isinstance(server, Cluster)
     for name in nemeses:
         if name == "holder-pause" and threaded:
             skipped[name] = "workers are threads of one process here (the backend does not span processes): one cannot be paused alone"
+        elif name == "node-kill" and not cluster:
+            skipped[name] = "no cluster (the checker kills a node only of a cluster it started: --cluster)"
+        elif name == "server-restart" and cluster:
+            skipped[name] = "a cluster: node-kill fails one node of it"
+        elif name == "partition" and cluster:
+            skipped[name] = "several servers: the proxy cuts a client off one server (node-kill fails one instead)"
         elif name == "server-restart" and not networked:
             skipped[name] = "no server: this backend lives in the host's memory or files"
         elif name == "server-restart" and server is None:
@@ -561,25 +593,61 @@ def private_server(url: str) -> Iterator[tuple[Any, str]]:
         server.stop()
 
 
+_CLUSTERS = {
+    "zookeeper": ("ZooKeeperEnsemble", "url"), "kazoo": ("ZooKeeperEnsemble", "url"), "etcd": ("EtcdCluster", "url"),
+    "etcd3+http": ("EtcdCluster", "url_v3"), "etcd3": ("EtcdCluster", "url_v3"), "redis": ("RedisSentinelCluster", "url"),
+}
+
+
+def private_cluster(url: str) -> Iterator[tuple[Cluster, str]]:
+    """Start a throw-away cluster of ``url``'s kind; yield it and the URL naming its nodes (``url``'s options kept).
+
+    ZooKeeper: a 3-server ensemble; etcd: a 3-member cluster; Redis: a primary, a
+    replica and 3 Sentinels (the URL resolves the master through them).
+    """
+    from coordactors.testing import clusters
+
+    scheme = url.partition("://")[0].lower()
+    if scheme not in _CLUSTERS:
+        raise errors.InvalidArgument(f"--cluster starts zookeeper, etcd, etcd3+http or redis (Sentinel) clusters, not {scheme!r}")
+    class_name, attribute = _CLUSTERS[scheme]
+    cluster = getattr(clusters, class_name)()
+    cluster.start()
+    try:
+        base = getattr(cluster, attribute)
+        if scheme == "kazoo":
+            base = "kazoo://" + base.partition("://")[2]
+        yield cluster, _with_options(base, dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True)))
+    finally:
+        cluster.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """``coordactors check URL [--nemesis ...]``: run the checker; 0 when safe, 1 when not, 64 on bad usage, 69 when unreachable."""
     parser = argparse.ArgumentParser(prog="coordactors check", description="Check a backend's locks under faults.")
     parser.add_argument("url", help="backend URL, e.g. redis://127.0.0.1:6379 (with --private: just the scheme, e.g. redis://)")
-    parser.add_argument("--nemesis", default="none,holder-kill,holder-pause,partition",
-                        help=f"comma-separated phases, or 'all' ({', '.join(NEMESES)})")
+    parser.add_argument("--nemesis", default=None,
+                        help=f"comma-separated phases, or 'all' ({', '.join(NEMESES)}); default none,holder-kill,holder-pause "
+                             "and partition, or node-kill with --cluster")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="least length of each phase")
     parser.add_argument("--ttl", type=float, default=2.0, help="session/lease TTL the workers use")
     parser.add_argument("--private", action="store_true", help="start a throw-away server of the URL's kind (enables server-restart)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="start a throw-away cluster of the URL's kind: zookeeper, etcd, etcd3+http, redis (Sentinel); enables node-kill")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return 0 if exc.code == 0 else 64
+    if args.nemesis is None:
+        args.nemesis = "none,holder-kill,holder-pause," + ("node-kill" if args.cluster else "partition")
     nemeses = list(NEMESES) if args.nemesis == "all" else [n.strip() for n in args.nemesis.split(",") if n.strip()]
     try:
-        if args.private:
-            context = private_server(args.url)
+        if args.private and args.cluster:
+            raise errors.InvalidArgument("--private and --cluster exclude each other")
+        if args.private or args.cluster:
+            context = private_cluster(args.url) if args.cluster else private_server(args.url)
             server, url = next(context)
             try:
                 report = run_check(url, nemeses, workers=args.workers, seconds=args.seconds, ttl=args.ttl, server=server)

@@ -167,7 +167,7 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
             result["paused_holder_learned_first"] = result.get("paused_holder_learned_first", True) and first
             if not first and not mine.fence < nxt.fence:
                 problems.append(f"UNSAFE: paused {victim} (fence {mine.fence}) believed until after {nxt.worker} was granted fence {nxt.fence}")
-    elif kind in ("restart", "partition"):
+    elif kind in ("restart", "partition", "node-kill"):
         healed = fault["healed_at"]
         regranted = next((h.start for h in holds if h.start > healed), None)
         if regranted is None:
