@@ -196,10 +196,50 @@ def test_releasing_a_lock_that_changed_hands_leaves_the_new_holder_alone(coordin
     coord = coordinators("a", url)
     lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
     key = keys_for(url).lock("jobs")
-    raw.set(key, b"other-session:99:b", expire=60)  # a's key expired and b took the lock
+    raw.set(key, b"other-session:99:60000:b", expire=60)  # a's key expired and b took the lock
     with pytest.raises(errors.LockNotHeld):
         coord.ask(Release(lease), block=True, timeout=10)
-    assert raw.get(key) == b"other-session:99:b"
+    assert raw.get(key) == b"other-session:99:60000:b"
+
+
+# -- locks: a waiter judges a dead holder by itself --------------------------------------
+
+
+def test_a_waiter_takes_a_lock_nobody_refreshed_for_its_ttl_without_waiting_for_memcached(coordinators, url, raw):
+    # A holder that died just after writing its lock: the value stays (here it
+    # never expires at all) but nobody rewrites it.  The waiter has seen it
+    # unchanged for the TTL it carries (0.5 s) and takes it over with cas.
+    key = keys_for(url).lock("jobs")
+    raw.set(key, b"dead-session:7:500:ghost", expire=0)
+    waiter = coordinators("b", url)
+    with pytest.raises(errors.LockTimeout):
+        waiter.ask(Acquire("jobs", timeout=0), block=True, timeout=10)  # taken, at first sight
+
+    lease = waiter.ask(Acquire("jobs", timeout=10), block=True, timeout=15)
+
+    assert lease.fence > 7
+    token, fence, _, member = raw.get(key).decode().split(":", 3)
+    assert (token, int(fence), member) != ("dead-session", 7, "ghost") and int(fence) == lease.fence and member == "b"
+
+
+def test_a_live_holder_keeps_its_lock_however_long_a_waiter_watches_it(coordinators, url, raw):
+    holder, waiter = coordinators("a", _with(url, FAST)), coordinators("b", url)
+    lease = holder.ask(Acquire("jobs", ttl=0.5), block=True, timeout=10)
+    # Four TTLs of waiting: the holder's refreshes keep rewriting the value, so it never looks abandoned.
+    with pytest.raises(errors.LockTimeout):
+        waiter.ask(Acquire("jobs", timeout=2.0), block=True, timeout=10)
+    lease.check()
+    assert raw.get(keys_for(url).lock("jobs")).decode().split(":", 3)[1::2] == [str(lease.fence), "a"]
+    holder.ask(Release(lease), block=True, timeout=10)
+    assert waiter.ask(Acquire("jobs", timeout=10), block=True, timeout=15).fence > lease.fence
+
+
+def test_a_lock_value_in_another_format_is_never_taken_over(coordinators, url, raw):
+    key = keys_for(url).lock("jobs")
+    raw.set(key, b"written by something else", expire=0)
+    with pytest.raises(errors.LockTimeout):
+        coordinators("b", url).ask(Acquire("jobs", timeout=1.5), block=True, timeout=10)
+    assert raw.get(key) == b"written by something else"
 
 
 # -- members: expiry ------------------------------------------------------------------
@@ -328,7 +368,7 @@ def test_names_that_need_hashing_round_trip(coordinators, url, raw, name):
     assert b.members(name) == {name}
     assert b.capabilities(name, name) == {"n": name}
     assert b.leader(name) == name
-    assert raw.get(keys.lock(name)).decode().endswith(f":{lease.fence}:{name}")
+    assert raw.get(keys.lock(name)).decode().split(":", 3)[1::2] == [str(lease.fence), name]  # token:fence:ttl:member
     with pytest.raises(errors.LockTimeout):
         b.ask(Acquire(name, timeout=0), block=True, timeout=10)
     a.ask(Release(lease), block=True, timeout=10)

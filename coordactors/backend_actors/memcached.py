@@ -13,7 +13,7 @@ ASCII without spaces, starts with ``#`` or would make the key longer than
 memcached's 250 bytes is replaced by ``#`` + the SHA-1 of its UTF-8 bytes; the
 real names live in the values)::
 
-    <ns>:l:<lock>       the lock: "<session token>:<fence>:<member>", expiring
+    <ns>:l:<lock>       the lock: "<session token>:<fence>:<ttl ms>:<member>", expiring
     <ns>:f:<lock>       the lock's fence counter (incr), never expiring
     <ns>:g:<group>      the group: JSON {"name", "epoch", "members": {member:
                         token}, "seq", "log": [[seq, kind, member], ...]}
@@ -23,9 +23,10 @@ real names live in the values)::
                         1 MiB item limit caps it at a few thousand groups)
     <ns>:s:<token>      the session's own registration, expiring
 
-Locks and fences.  ``Acquire`` reads the lock key (held: done, one round
-trip), takes the next fence with ``incr`` on the fence key, then ``add``s the
-lock key with the value above and an expiry.  A fence key that is missing
+Locks and fences.  ``Acquire`` reads the lock key with ``gets`` (held, and not
+seen unchanged for its TTL: done, one round trip), takes the next fence with
+``incr`` on the fence key, then ``add``s the lock key (or ``cas``es the expired
+value) with the value above and an expiry.  A fence key that is missing
 (first use, or memcached restarted or evicted it) is seeded with ``add`` of a
 clock-derived floor -- microseconds since the epoch -- before the ``incr``, so
 fences never go backwards as long as fewer than one fence per microsecond was
@@ -38,12 +39,17 @@ C<cas>``, so a lock that changed hands in between is never deleted.
 
 Expiry has one-second granularity, and memcached's clock ticks once a second:
 a key stored with expiry N lives between N-1 and N seconds.  A TTL is therefore
-rounded up to whole seconds, plus one: ``Acquire(ttl=0.3)`` stores a key that
-lives between 1 and 2 seconds, while the holder's own view of the lease ends
-0.285 s after it asked.  The lock is safe (the backend never frees it before
-the holder gave up) but a dead holder's lock stays taken up to
-``ceil(ttl) + 1`` seconds.  A lock without a TTL expires after
-``ceil(session_ttl) + 1`` seconds unless the heartbeat refreshes it.
+rounded up to whole seconds, plus one, for memcached's own expiry -- the
+backstop that frees a dead holder's lock when nobody waits for it.  Waiters do
+not wait for it: the lock value carries the holder's TTL, every refresh
+rewrites the value (a new cas unique), and a waiter that has seen the same cas
+unique for a whole TTL on its own monotonic clock takes the lock with ``cas``
+on it.  That is safe without clocks agreeing between hosts: the holder gives
+up its lease a TTL (less a 5% drift margin) after it *sent* its last refresh,
+and the waiter first saw that refresh after it was written.  A killed
+holder's lock therefore goes to a waiter within its TTL plus a poll interval
+or two.  A lock without a TTL carries the session TTL and is refreshed by the
+heartbeat.
 
 Groups.  A group is one JSON document updated by ``gets``/``cas`` loops; it
 holds the member list and a log of the group's last 256 events (join, leave,
@@ -259,6 +265,7 @@ class MemcachedSession(SessionActor):
         self.keys = Keys(self.options.extra.get("namespace", "coordactors"))
         self._views: dict[str, _View] = {}
         self._polls = 0
+        self._sightings: dict[str, tuple[bytes, float]] = {}  # lock key -> (cas unique, first seen), see _expired
         self._unreleased: dict[str, int] = {}
         """Locks a broken connection could not free: freed by the next one."""
 
@@ -568,15 +575,49 @@ class MemcachedSession(SessionActor):
         if conn.grants_from and time.monotonic() < conn.grants_from:
             return None  # lock_delay after a server (re)start
         key = self.keys.lock(name)
-        if client.get(key) is not None:
+        raw, cas = client.gets(key)
+        if raw is not None and not self._expired(key, raw, cas):
             return None
+        self._sightings.pop(key, None)
         fence = self._next_fence(name)
-        if not client.add(key, self._lock_value(conn, name, fence), expire=self._exptime(ttl)):
-            return None  # someone else got in between; the fence is skipped, never reused
+        value = self._lock_value(conn, fence, ttl)
+        stored = client.add(key, value, expire=self._exptime(ttl)) if raw is None else client.cas(key, value, cas, expire=self._exptime(ttl))
+        if not stored:
+            return None  # someone else got in between (or the holder refreshed); the fence is skipped, never reused
         conn.held[name] = fence
         if name.startswith(RESERVED_LOCK_PREFIX):
             self._log_leader(name[len(RESERVED_LOCK_PREFIX) :])
         return fence
+
+    def _expired(self, key: str, raw: bytes, cas: bytes | None) -> bool:
+        """Whether the lock value ``raw`` has stood unchanged, as this session watched, for its holder's whole TTL.
+
+        memcached's own expiry is whole seconds on a clock that ticks once a
+        second (up to ``ceil(ttl) + 1`` s), so a waiter judges by itself: every
+        refresh rewrites the value (a new cas unique), and a holder gives up
+        its lease a TTL after *sending* its last refresh, so a value first seen
+        here -- after it was written -- and still the same one TTL later
+        belongs to a holder that has given up.  Only durations on this host's
+        monotonic clock are compared: no clock agreement between hosts is needed.
+        A value in another format is never judged expired (memcached's expiry frees it).
+        """
+        now = time.monotonic()
+        parts = raw.split(b":", 3)
+        seen = self._sightings.get(key)
+        if seen is None or seen[0] != cas:
+            self._sightings[key] = (cas or b"", now)
+            if len(self._sightings) > 4096:  # waiters that gave up: forget the oldest sightings
+                for stale in list(self._sightings)[:2048]:
+                    del self._sightings[stale]
+            return False
+        if len(parts) != 4 or not parts[2].isdigit():
+            return False
+        return now - seen[1] >= int(parts[2]) / 1000
+
+    def _lock_ttl_ms(self, ttl: float | None) -> int:
+        wanted = ttl if ttl is not None else self.options.session_ttl
+        assert wanted is not None  # check_location refuses session_ttl=none
+        return math.ceil(wanted * 1000)
 
     def _next_fence(self, name: str) -> int:
         client, key = self.conn.client, self.keys.fence(name)
@@ -598,8 +639,9 @@ class MemcachedSession(SessionActor):
 
         self._update(self.keys.group(group), change, f"announcing the leader of {group!r}")
 
-    def _lock_value(self, conn: _Connection, name: str, fence: int) -> bytes:
-        return f"{conn.token}:{fence}:{self.member_id}".encode("utf-8")
+    def _lock_value(self, conn: _Connection, fence: int, ttl: float | None) -> bytes:
+        """``token:fence:ttl in ms:member``: whose it is, and how long a waiter must see it unchanged (see ``_expired``)."""
+        return f"{conn.token}:{fence}:{self._lock_ttl_ms(ttl)}:{self.member_id}".encode("utf-8")
 
     def do_release(self, name: str, fence: int) -> bool:
         return self._release(self.conn, name, fence)
@@ -607,7 +649,7 @@ class MemcachedSession(SessionActor):
     def _release(self, conn: _Connection, name: str, fence: int) -> bool:
         key = self.keys.lock(name)
         raw, cas = conn.client.gets(key)
-        released = raw == self._lock_value(conn, name, fence) and bool(self._delete_if_unchanged(key, cas))
+        released = _owned_by(raw, conn, fence) and bool(self._delete_if_unchanged(key, cas))
         if conn.held.get(name) == fence:
             del conn.held[name]  # only now: if memcached did not answer, close() hands it to the next connection
         return released
@@ -621,9 +663,9 @@ class MemcachedSession(SessionActor):
         # for any number of leases, not one per lease.
         by_expiry: dict[int, dict[str, tuple[bytes, bytes]]] = {}
         for key, lease in keys.items():
-            value = self._lock_value(conn, lease.name, lease.fence)
+            value = self._lock_value(conn, lease.fence, lease.ttl)
             raw, cas = found.get(key, (None, None))
-            if raw != value or cas is None:
+            if not _owned_by(raw, conn, lease.fence) or cas is None:
                 lost.add((lease.name, lease.fence))
             else:
                 by_expiry.setdefault(self._exptime(lease.ttl), {})[key] = (value, cas)
@@ -639,8 +681,8 @@ class MemcachedSession(SessionActor):
 
     def do_lock_holder(self, name: str) -> str | None:
         raw = self.conn.client.get(self.keys.lock(name))
-        parts = [] if raw is None else raw.decode("utf-8", "replace").split(":", 2)
-        return parts[2] if len(parts) == 3 else None
+        parts = [] if raw is None else raw.decode("utf-8", "replace").split(":", 3)
+        return parts[3] if len(parts) == 4 else None
 
     # -- liveness ---------------------------------------------------------------
 
@@ -751,6 +793,11 @@ class MemcachedSession(SessionActor):
                 dead.setdefault(group, set()).add(member)
         for group, members in dead.items():
             self._reap(group, members)
+
+
+def _owned_by(raw: bytes | None, conn: _Connection, fence: int) -> bool:
+    """Whether the lock value ``raw`` is this connection's grant with ``fence`` (whatever TTL it carries)."""
+    return raw is not None and raw.startswith(f"{conn.token}:{fence}:".encode())
 
 
 def _cas_many(client: Client, items: dict[str, tuple[bytes, bytes]], expire: int) -> dict[str, bool]:
