@@ -23,7 +23,7 @@ from coordactors.urls import parse_url
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ALL_BACKENDS", "Backend", "Backends", "PUSH_BACKENDS", "ROUND_TRIP_BACKENDS", "SHARED_GAIN_BACKENDS"]
+__all__ = ["ALL_BACKENDS", "Backend", "Backends", "LOCAL_BACKENDS", "PUSH_BACKENDS", "ROUND_TRIP_BACKENDS", "SHARED_GAIN_BACKENDS"]
 
 ALL_BACKENDS = ("memory", "file", "ipc", "redis", "zookeeper", "memcached", "postgresql", "mysql", "etcd", "etcd3", "consul")
 ROUND_TRIP_BACKENDS = frozenset({"postgresql", "mysql", "zookeeper", "etcd", "etcd3", "consul"})
@@ -31,6 +31,8 @@ ROUND_TRIP_BACKENDS = frozenset({"postgresql", "mysql", "zookeeper", "etcd", "et
 SHARED_GAIN_BACKENDS = frozenset({"redis", "postgresql", "mysql", "zookeeper", "etcd"})
 """Where 16 callers sharing one coordinator must reach 3x the one-caller throughput."""
 PUSH_BACKENDS = frozenset({"memory", "redis", "zookeeper", "postgresql", "etcd", "etcd3", "consul"})
+LOCAL_BACKENDS = frozenset({"memory", "file", "ipc"})
+"""No server and no round trip: the heartbeat's cost cannot be counted in round trips."""
 
 _SCHEMES = {
     "redis": "redis", "rediss": "redis", "zookeeper": "zookeeper", "kazoo": "zookeeper", "memcached": "memcached",

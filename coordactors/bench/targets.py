@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from coordactors.bench.backends import PUSH_BACKENDS, ROUND_TRIP_BACKENDS, SHARED_GAIN_BACKENDS
+from coordactors.bench.backends import LOCAL_BACKENDS, PUSH_BACKENDS, ROUND_TRIP_BACKENDS, SHARED_GAIN_BACKENDS
 
 __all__ = ["check"]
 
@@ -74,8 +74,8 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
                            best_shared > tooz16["throughput"],
                            f"best of ask/submit/asyncio with 16 callers: {best_shared:.0f}/s; tooz, 16 coordinators: {tooz16['throughput']:.0f}/s")
     for row in data.get("heartbeat", []):
-        if row.get("contender") != "ask" or not row.get("sample") or not row.get("round_trip_us"):
-            continue
+        if row.get("contender") != "ask" or not row.get("sample") or not row.get("round_trip_us") or row["backend"] in LOCAL_BACKENDS:
+            continue  # no round trips to count where the backend is this host's memory or files
         equivalents = row["sample"]["p50_us"] / row["round_trip_us"]
         yield _row("heartbeat is batched", row["backend"], f"heartbeat with {row['leases']} leases", equivalents, HEARTBEAT_ROUND_TRIPS,
                    equivalents < HEARTBEAT_ROUND_TRIPS,
