@@ -11,7 +11,7 @@ import pytest
 from coordactors import errors
 from helpers import wait_until
 from coordactors._protocol import Call
-from coordactors.messages import Acquire, Lease, Release
+from coordactors.messages import Acquire, Heartbeat, Lease, Release
 
 
 def test_acquire_grants_a_lease_naming_the_holder(connect):
@@ -222,3 +222,16 @@ def test_reserved_and_malformed_lock_names_are_refused_before_sending(connect):
         Acquire("x", timeout=-1)
     with pytest.raises(errors.InvalidArgument):
         connect().ask("not a message")
+
+
+def test_a_session_holding_hundreds_of_locks_refreshes_them_all(connect):
+    # More than one batch anywhere a backend batches refreshes (etcd's
+    # transactions take at most 128 operations).
+    coord = connect("holder")
+    leases = [coord.ask(Acquire(f"job-{i}"), block=True, timeout=10) for i in range(300)]
+    assert coord.ask(Heartbeat(), block=True, timeout=60) > 0
+    for lease in leases:
+        lease.check()
+    assert coord.statistics()["leases"] == 300
+    with pytest.raises(errors.LockTimeout):
+        connect("other").ask(Acquire("job-299", timeout=0), block=True, timeout=10)

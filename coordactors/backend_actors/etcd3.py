@@ -80,6 +80,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["Etcd3Session"]
 
 GROUP_MARKER = "coordactors-group"
+MAX_TXN_OPS = 128
+"""etcd refuses a transaction of more operations than its ``--max-txn-ops`` (128 by default)."""
 """The value of a group's key: anything else there was written by someone else."""
 
 
@@ -675,8 +677,17 @@ class Etcd3Session(SessionActor):
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         # The heartbeat's keepalive extended the one lease every lock lives
-        # by; this only checks, in one request, that each key is still ours.
-        reply = self._txn([], [self._range(self._lock_key(lease.name)) for lease in leases])
+        # by; this only checks that each key is still ours: one request per
+        # MAX_TXN_OPS locks.
+        lost = set()
+        for first in range(0, len(leases), MAX_TXN_OPS):
+            chunk = leases[first:first + MAX_TXN_OPS]
+            reply = self._txn([], [self._range(self._lock_key(lease.name)) for lease in chunk])
+            lost |= self._not_ours(reply, chunk)
+        return lost
+
+    def _not_ours(self, reply: dict[str, Any], leases: list[Lease]) -> set[tuple[str, int]]:
+        """The leases whose key, as the ranges in ``reply`` read it, is no longer this session's grant."""
         lost = set()
         for index, lease in enumerate(leases):
             kvs = self._kvs(reply, index)
