@@ -692,12 +692,20 @@ class PostgreSQLSession(SessionActor):
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         # The connection lives (this statement ran on it), so its advisory locks do too;
         # check that each lease's row is still ours and its key still held by us.
-        rows = self._run(
-            "SELECT l.name, l.fence FROM {locks} l WHERE l.namespace = %s AND l.name = ANY(%s) AND l.token = %s "
-            "AND l.pid = pg_backend_pid() AND " + _HELD.format(pid="pg_backend_pid()"),
-            (self._ns, [lease.name for lease in leases], self.session_token),
+        # One row: this connection's advisory lock keys (read from pg_locks
+        # once) and the leases' rows, matched here -- any join or EXISTS
+        # against pg_locks per lease made the server compare every pair.
+        row = self._run(
+            "SELECT (SELECT array_agg((classid::bigint << 32) | objid::bigint) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted AND objsubid = 1 AND pid = pg_backend_pid() "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())), "
+            "array_agg(l.name), array_agg(l.fence), array_agg(l.key) "
+            "FROM {locks} l WHERE l.namespace = %s AND l.name = ANY(%s) AND l.token = %s AND l.pid = pg_backend_pid()",
+            (self._ns, [lease.name for lease in leases], self.session_token), fetch="one",
         )
-        held = {(name, int(fence)) for name, fence in rows}
+        advisory, names, fences, keys = (column or [] for column in row)
+        mine = set(advisory)
+        held = {(name, int(fence)) for name, fence, key in zip(names, fences, keys) if key in mine}
         return {(lease.name, lease.fence) for lease in leases} - held
 
     def do_lock_holder(self, name: str) -> str | None:
