@@ -106,11 +106,13 @@ from kazoo.protocol.states import EventType, KazooState  # type: ignore[import-u
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped]
 
 from coordactors import errors
+from coordactors._protocol import Call
+from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import url_hosts
-from coordactors.backend_actors.base import SessionActor
+from coordactors.backend_actors.base import CONNECTED, SessionActor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
-from coordactors.messages import Lease
+from coordactors.messages import Acquire, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, text
 
@@ -247,7 +249,7 @@ _TRANSLATIONS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...]
 )
 
 
-class ZooKeeperSession(SessionActor):
+class ZooKeeperSession(Coalescing, SessionActor):
     """Session of ``zookeeper://`` and ``kazoo://``: one ZooKeeper session via kazoo."""
 
     CHARACTERISTICS = frozenset(
@@ -257,6 +259,7 @@ class ZooKeeperSession(SessionActor):
     DEFAULTS = {"session_ttl": 10.0}
     OPTIONS = {"namespace": text}
     LEASE_TTL = False
+    COALESCED = frozenset({Acquire, Release})
 
     @classmethod
     def check_location(cls, options: SessionOptions) -> None:
@@ -294,6 +297,7 @@ class ZooKeeperSession(SessionActor):
         self._stale_claims: set[str] = set()
         self._stale_dirs: set[str] = set()
         self._mine: set[str] = set()
+        self._prefetched: dict[tuple[str, ...], Any] = {}  # see serve_batch
         self._logs: dict[str, _GroupLog] = {}
         self._writes: collections.Counter[str] = collections.Counter()
 
@@ -401,6 +405,76 @@ class ZooKeeperSession(SessionActor):
             _stop_client(conn.client)
         else:
             threading.Thread(target=_stop_client, args=(conn.client,), name=f"ZooKeeperClose[{self.member_id}]", daemon=True).start()
+
+    # -- queued lock requests, their round trips in flight together -----------------------
+
+    def serve_batch(self, calls: list[Call]) -> None:
+        """Start the round trips of the queued plain acquires and releases at
+        once (kazoo's async calls share the connection), then serve every call
+        the usual way, in order: each finds its replies already on their way.
+        A claim created here that no call took up (the session failed
+        meanwhile) is deleted, or left to the next connection to clear."""
+        acquires: list[str] = []
+        releases: list[Lease] = []
+        names: set[str] = set()
+        for call in calls:
+            msg = call.message
+            if type(msg) is Acquire and self.batchable_acquire(msg, names):
+                acquires.append(msg.name)
+            elif type(msg) is Release and self.batchable_release(msg, names):
+                releases.append(self._leases[msg.name])
+            else:
+                continue
+            names.add(msg.name)
+        if len(acquires) + len(releases) > 1 and self.state is CONNECTED:
+            self._prefetch(acquires, releases)
+        try:
+            for call in calls:
+                self._serve(call)
+        finally:
+            self._drop_prefetched()
+
+    def _prefetch(self, acquires: list[str], releases: list[Lease]) -> None:
+        try:
+            client = self._client()
+        except errors.CoordinationError:
+            return  # the usual path meets the same error, call by call
+        data = self.member_id.encode("utf-8")
+        for lease in releases:
+            self._prefetched[("delete", lease.name, str(lease.fence))] = client.delete_async(self._claim_path(lease.name, lease.fence))
+        creates = {name: client.create_async(f"{self._lock_dir(name)}/{self.conn.prefix}{LOCK_MARK}", data, ephemeral=True, sequence=True)
+                   for name in acquires}
+        for name, created in creates.items():
+            self._prefetched[("create", name)] = created
+            try:
+                self._wait(created)
+            except Exception:  # noqa: BLE001 - _try_claim meets it again and handles it
+                continue
+            self._prefetched[("children", name)] = client.get_children_async(self._lock_dir(name))
+
+    def _drop_prefetched(self) -> None:
+        """Forget what no call took up; delete claims created for calls that never used them."""
+        left, self._prefetched = self._prefetched, {}
+        for key, result in left.items():
+            if key[0] != "create":
+                continue
+            directory = self._lock_dir(key[1])
+            try:
+                path = self._wait(result)
+            except Exception:  # noqa: BLE001
+                if self.conn is not None:
+                    self.conn.uncertain.add(directory)
+                continue
+            try:
+                self._delete(path)
+            except Exception:  # noqa: BLE001
+                if self.conn is not None:
+                    self.conn.uncertain.add(directory)
+
+    def _prefetched_or(self, key: tuple[str, ...], start: Callable[[], Any]) -> Any:
+        """The reply of a round trip ``serve_batch`` started, else of one started now."""
+        started = self._prefetched.pop(key, None)
+        return self._wait(started if started is not None else start())
 
     # -- one round trip each ---------------------------------------------------------
 
@@ -715,18 +789,20 @@ class ZooKeeperSession(SessionActor):
         claim = f"{directory}/{conn.prefix}{LOCK_MARK}"
         data = self.member_id.encode("utf-8")
         try:
-            path = self._create(claim, data, ephemeral=True, sequence=True)
+            path = self._prefetched_or(("create", name), lambda: self._client().create_async(claim, data, ephemeral=True, sequence=True))
         except kx.NoNodeError:
             # Never delete a lock's directory, once made: its child counter
             # IS the fence counter, and a re-created directory would start
             # fences again at 0, below those already handed out.
+            self._prefetched.pop(("children", name), None)
             try:
                 self._create(directory, makepath=True)
             except kx.NodeExistsError:
                 pass
             path = self._create(claim, data, ephemeral=True, sequence=True)
         mine = path.rpartition("/")[2]
-        claims = self._drop_stale_claims(directory, self._get_children(directory))
+        children = self._prefetched_or(("children", name), lambda: self._client().get_children_async(directory))
+        claims = self._drop_stale_claims(directory, children)
         if mine not in claims:  # deleted from outside already
             self.run_on_actor(self._lock_freed, conn, name)
             return None
@@ -776,7 +852,7 @@ class ZooKeeperSession(SessionActor):
     def do_release(self, name: str, fence: int) -> bool:
         path = self._claim_path(name, fence)
         try:
-            self._delete(path)
+            self._prefetched_or(("delete", name, str(fence)), lambda: self._client().delete_async(path))
         except kx.NoNodeError:
             self.conn.held.discard(path)
             return False

@@ -175,17 +175,23 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
         else:
             result["grant_after_heal"] = max(result.get("grant_after_heal", 0.0), round(regranted - healed, 3))
         lost = {w for w, r in records if r["k"] == "session" and r["type"] == "lost" and r["at"] >= at}
-        slowest = 0.0
+        slowest, slowest_why = 0.0, ""
         for worker in sorted(lost):
             restored = [r["at"] for w, r in records if w == worker and r["k"] == "session" and r["type"] == "restored" and r["at"] >= at]
             if not restored:
                 problems.append(f"{worker}'s session was lost after the {kind} and never restored")
                 continue
-            slowest = max(slowest, restored[0] - healed)
+            if restored[0] - healed > slowest:
+                first_loss = min((r for w, r in records if w == worker and r["k"] == "session" and r["type"] == "lost" and r["at"] >= at),
+                                 key=lambda r: r["at"])
+                slowest = restored[0] - healed
+                slowest_why = (f" ({worker}: lost {first_loss['at'] - at:+.2f}s after the fault, healed at {healed - at:+.2f}s, "
+                               f"restored at {restored[0] - at:+.2f}s; cause: {first_loss.get('cause', '?')})")
         result["restore_after_heal"] = max(result.get("restore_after_heal", 0.0), round(max(slowest, 0.0), 3))
         result["sessions_lost"] = result.get("sessions_lost", 0) + len(lost)
         if slowest > 1.0 + backoff_max:
-            problems.append(f"SLOW: sessions were restored {slowest:.3f}s after the {kind} healed (> 1 s + backoff {backoff_max} s)")
+            problems.append(f"SLOW: sessions were restored {slowest:.3f}s after the {kind} healed (> 1 s + backoff {backoff_max} s)"
+                            + slowest_why)
         if "leader" in fault:
             result["campaigns_restored"] = result.get("campaigns_restored", True) and fault["leader"] in fault["expected_members"]
             result["watches_restored"] = result.get("watches_restored", True) and not fault.get("watch_missing")
