@@ -164,3 +164,20 @@ def test_a_restored_session_without_its_campaign_or_watch_is_a_problem() -> None
     assert result["campaigns_restored"] is False and result["watches_restored"] is False
     assert any("campaigns not restored" in p for p in result["problems"])
     assert any("watches not restored" in p for p in result["problems"])
+
+
+def test_a_session_lost_after_a_phase_ended_is_the_next_phases_doing() -> None:
+    # The restart healed at 5.0 and the phase ended at 10.0; the partition
+    # that came next cut "a" off at 11.0.  That loss is not the restart's.
+    records = _records(("a", "grant", 1.0, {"fence": 1}), ("a", "end", 1.5, {"fence": 1, "why": "release"}),
+                       ("b", "grant", 6.0, {"fence": 2}), ("b", "end", 6.5, {"fence": 2, "why": "release"}),
+                       ("a", "session", 11.0, {"type": "lost", "cause": "cut off"}), ("a", "session", 14.0, {"type": "restored"}))
+    holds = holds_from(records, {}, 20.0)
+    fault = {"kind": "restart", "at": 2.0, "healed_at": 5.0, "members": {"a", "b"}, "expected_members": {"a", "b"}, "leader": "a"}
+    result = judge_phase({"name": "server-restart", "start": 0.0, "end": 10.0, "faults": [fault]}, holds, [], records, 2.0, 0.5)
+    assert result["sessions_lost"] == 0 and result["restore_after_heal"] == 0.0
+    assert result["problems"] == []
+    late = dict(fault, at=10.5, healed_at=12.0, kind="partition", worker="a")
+    result = judge_phase({"name": "partition", "start": 10.0, "end": 20.0, "faults": [late]}, holds, [], records, 2.0, 0.5)
+    assert result["sessions_lost"] == 1 and result["restore_after_heal"] == 2.0
+    assert any(p.startswith("SLOW") and "a: lost +0.50s after the fault" in p and "cut off" in p for p in result["problems"])

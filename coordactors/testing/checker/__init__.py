@@ -203,8 +203,9 @@ class _Run:
     """One check: the workers, their proxies, the register, the server, the phases."""
 
     def __init__(self, url: str, *, workers: int, ttl: float, server: Any, proxies: bool, threaded: bool,
-                 lease_ttl: bool, backoff_max: float) -> None:
+                 lease_ttl: bool, backoff_max: float, logs: str | None = None) -> None:
         self.url, self.ttl, self.server, self.threaded = url, ttl, server, threaded
+        self.logs = logs
         self.backoff_max = backoff_max
         self.directory = tempfile.mkdtemp(prefix="coordactors-check-")
         self.register = FencedRegister(os.path.join(self.directory, "register")).create()
@@ -230,7 +231,7 @@ class _Run:
             url = proxy.url_for(url)
         config = {"url": url, "member": f"checker-{name}", "lock": self.lock, "group": self.group,
                   "register": self.register.path, "ttl": self.ttl if self.lease_ttl else None,
-                  "acquire_timeout": self.ttl + 1.0, "hold_ops": 3, "op_pause": 0.03}
+                  "acquire_timeout": self.ttl + 1.0, "hold_ops": 3, "op_pause": 0.03, "log": self.logs is not None}
         worker = self.workers[name] = _Worker(name, config, self.sink, self.threaded, self.directory)
         return worker
 
@@ -279,6 +280,12 @@ class _Run:
         self.stop_workers()
         for proxy in self.proxies.values():
             proxy.stop()
+        if self.logs is not None:
+            os.makedirs(self.logs, exist_ok=True)
+            for name in self.workers:
+                path = os.path.join(self.directory, f"{name}.err")
+                if os.path.exists(path):
+                    shutil.copy(path, os.path.join(self.logs, f"{name}.log"))
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- the nemeses -----------------------------------------------------------------------------
@@ -457,6 +464,7 @@ def run_check(
     seconds: float = 3.0,
     ttl: float = 2.0,
     server: Any = None,
+    logs: str | None = None,
 ) -> Report:
     """Run one phase per nemesis against ``url`` and judge it.
 
@@ -470,6 +478,9 @@ def run_check(
             :class:`coordactors.testing.servers.Server`; needed by ``server-restart``.  For
             ``node-kill``, a :class:`coordactors.testing.clusters.Cluster` (``kill(i)``,
             ``restart(i)``, ``primary()``) whose nodes ``url`` names.
+        logs: a directory to keep each worker process's log in (``w0.log``...,
+            INFO and up, with the monotonic time of each line), for finding out
+            why a phase failed.
 
     A nemesis the backend cannot be given (no server to restart, no TCP for a
     partition, threads cannot be paused alone) is listed in ``Report.skipped`` with why.
@@ -505,7 +516,7 @@ def run_check(
     with coordactors.connect(url, f"checker-probe-{uuid.uuid4().hex[:6]}"):
         pass  # a bad URL or an unreachable backend fails here, with its own error, before any worker starts
     run = _Run(url, workers=workers, ttl=ttl, server=server, proxies="partition" in phases_wanted, threaded=threaded,
-               lease_ttl=bool(getattr(session_class, "LEASE_TTL", False)), backoff_max=backoff_max)
+               lease_ttl=bool(getattr(session_class, "LEASE_TTL", False)), backoff_max=backoff_max, logs=logs)
     began = time.monotonic()
     try:
         for _ in range(workers):
@@ -636,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", action="store_true",
                         help="start a throw-away cluster of the URL's kind: zookeeper, etcd, etcd3+http, redis (Sentinel); enables node-kill")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--logs", metavar="DIR", help="keep each worker process's log (INFO and up) in DIR")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -650,11 +662,11 @@ def main(argv: list[str] | None = None) -> int:
             context = private_cluster(args.url) if args.cluster else private_server(args.url)
             server, url = next(context)
             try:
-                report = run_check(url, nemeses, workers=args.workers, seconds=args.seconds, ttl=args.ttl, server=server)
+                report = run_check(url, nemeses, workers=args.workers, seconds=args.seconds, ttl=args.ttl, server=server, logs=args.logs)
             finally:
                 context.close()
         else:
-            report = run_check(args.url, nemeses, workers=args.workers, seconds=args.seconds, ttl=args.ttl)
+            report = run_check(args.url, nemeses, workers=args.workers, seconds=args.seconds, ttl=args.ttl, logs=args.logs)
     except errors.InvalidArgument as exc:
         print(f"coordactors check: {exc}", file=sys.stderr)
         return 64

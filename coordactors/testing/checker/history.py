@@ -136,7 +136,7 @@ def judge_phase(
         ):
             result["faults_missed"] = result.get("faults_missed", 0) + 1  # the victim had just released: no holder was hit
             continue
-        _judge_fault(fault, holds, records, ttl, backoff_max, result, problems)
+        _judge_fault(fault, holds, records, ttl, backoff_max, result, problems, end)
     if not mine and phase["name"] == "none":
         problems.append("no hold at all: the lock was never granted")
     result["ok"] = not problems
@@ -144,7 +144,8 @@ def judge_phase(
 
 
 def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[str, dict[str, Any]]], ttl: float,
-                 backoff_max: float, result: dict[str, Any], problems: list[str]) -> None:
+                 backoff_max: float, result: dict[str, Any], problems: list[str], end: float = float("inf")) -> None:
+    """Judge one fault of a phase ending at ``end``: a session lost after the phase is the next fault's doing."""
     kind, at, victim = fault["kind"], fault["at"], fault.get("worker")
     if kind == "kill":
         nxt = next((h for h in holds if h.start > at and h.worker != victim), None)
@@ -174,7 +175,7 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
             problems.append(f"the lock was never granted again after the {kind} healed")
         else:
             result["grant_after_heal"] = max(result.get("grant_after_heal", 0.0), round(regranted - healed, 3))
-        lost = {w for w, r in records if r["k"] == "session" and r["type"] == "lost" and r["at"] >= at}
+        lost = {w for w, r in records if r["k"] == "session" and r["type"] == "lost" and at <= r["at"] < end}
         slowest, slowest_why = 0.0, ""
         for worker in sorted(lost):
             restored = [r["at"] for w, r in records if w == worker and r["k"] == "session" and r["type"] == "restored" and r["at"] >= at]
@@ -182,7 +183,7 @@ def _judge_fault(fault: dict[str, Any], holds: list[Hold], records: list[tuple[s
                 problems.append(f"{worker}'s session was lost after the {kind} and never restored")
                 continue
             if restored[0] - healed > slowest:
-                first_loss = min((r for w, r in records if w == worker and r["k"] == "session" and r["type"] == "lost" and r["at"] >= at),
+                first_loss = min((r for w, r in records if w == worker and r["k"] == "session" and r["type"] == "lost" and at <= r["at"] < end),
                                  key=lambda r: r["at"])
                 slowest = restored[0] - healed
                 slowest_why = (f" ({worker}: lost {first_loss['at'] - at:+.2f}s after the fault, healed at {healed - at:+.2f}s, "

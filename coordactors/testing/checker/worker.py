@@ -20,6 +20,7 @@ so the checker can tell whether all of that comes back after a fault.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 import threading
@@ -126,9 +127,21 @@ def _check(lease: Any, emit: Emit) -> bool:
         return False
 
 
+class _MonotonicFormatter(logging.Formatter):
+    """Log lines stamped with the host's monotonic clock, the checker's timeline."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.monotonic = time.monotonic()
+        return super().format(record)
+
+
 def main() -> None:
     """Entry point of a worker process: config as argv[1]; stop when stdin closes."""
     config = json.loads(sys.argv[1])
+    if config.get("log"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_MonotonicFormatter("%(monotonic).3f %(threadName)s %(name)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
     out_lock = threading.Lock()
 
     def emit(record: dict[str, Any]) -> None:
