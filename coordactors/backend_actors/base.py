@@ -426,6 +426,10 @@ class SessionActor(pykka.ThreadingActor):
         if self.state is CONNECTED:
             self._run_guarded(self._heartbeat)
         self._serve_parked()
+        if self.state is CONNECTED:
+            # A lock freed while the connection was down woke nobody (or woke
+            # a retry that failed against the dropped connection).
+            self._run_guarded(self._retry_waiters)
 
     def _cancel_suspension_timers(self) -> None:
         for timer in self._suspension_timers:
