@@ -380,3 +380,31 @@ def test_the_password_never_shows(zookeeper_server, namespace):
         with pytest.raises(errors.GroupNotFound) as caught:
             coord.members("nope")
         assert "s3cret" not in str(caught.value)
+
+
+def test_a_release_whose_delete_was_lost_frees_the_lock_once_the_session_resumes(coordinators, own_server):
+    from coordactors.testing.faults import Proxy
+
+    # session_ttl=6: kazoo calls the connection lost after 4 s of silence, and the
+    # session (heartbeats every 0.2 s) outlives that: it resumes, the same session.
+    base = f"{own_server.url}?namespace=t{uuid.uuid4().hex[:12]}&session_ttl=6&heartbeat_interval=0.2&backoff_initial=0.05&backoff_max=0.2"
+    proxy = Proxy(own_server.host, own_server.port).start()
+    try:
+        holder, other = coordinators("holder", proxy.url_for(base)), coordinators("other", base)
+        own = EventRecorder()
+        holder.subscribe(own)
+        lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+
+        proxy.drop()  # the release's delete never reaches the server
+        with pytest.raises(errors.BackendUnavailable):
+            holder.ask(Release(lease), block=True, timeout=20)
+        wait_until(lambda: holder.statistics()["state"] == "SUSPENDED", timeout=10)
+        proxy.heal()
+        wait_until(lambda: holder.statistics()["state"] == "CONNECTED", timeout=15)
+        assert not own.of_type(SessionLost)  # the same session came back
+
+        # The claim the lost delete left behind is gone: the lock is free.
+        again = other.ask(Acquire("jobs", timeout=5), block=True, timeout=10)
+        assert again.fence > lease.fence
+    finally:
+        proxy.stop()

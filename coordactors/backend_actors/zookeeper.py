@@ -856,6 +856,14 @@ class ZooKeeperSession(Coalescing, SessionActor):
         except kx.NoNodeError:
             self.conn.held.discard(path)
             return False
+        except Exception:
+            # The delete may or may not have been applied.  The claim is no
+            # longer a lease of ours: a resumed session deletes it (see
+            # on_resumed), a lost one takes it along.  Kept as held, it would
+            # have blocked the lock for as long as the session lived.
+            self.conn.held.discard(path)
+            self.conn.uncertain.add(self._lock_dir(name))
+            raise
         self.conn.held.discard(path)
         return True
 
