@@ -265,7 +265,7 @@ class MemcachedSession(SessionActor):
         self.keys = Keys(self.options.extra.get("namespace", "coordactors"))
         self._views: dict[str, _View] = {}
         self._polls = 0
-        self._sightings: dict[str, tuple[bytes, float]] = {}  # lock key -> (cas unique, first seen), see _expired
+        self._sightings: dict[str, tuple[bytes, bytes, float]] = {}  # lock key -> (cas unique, value, first seen), see _expired
         self._unreleased: dict[str, int] = {}
         """Locks a broken connection could not free: freed by the next one."""
 
@@ -604,15 +604,16 @@ class MemcachedSession(SessionActor):
         now = time.monotonic()
         parts = raw.split(b":", 3)
         seen = self._sightings.get(key)
-        if seen is None or seen[0] != cas:
-            self._sightings[key] = (cas or b"", now)
+        # The value too: a restarted memcached hands out cas uniques from 1 again.
+        if seen is None or seen[0] != cas or seen[1] != raw:
+            self._sightings[key] = (cas or b"", raw, now)
             if len(self._sightings) > 4096:  # waiters that gave up: forget the oldest sightings
                 for stale in list(self._sightings)[:2048]:
                     del self._sightings[stale]
             return False
         if len(parts) != 4 or not parts[2].isdigit():
             return False
-        return now - seen[1] >= int(parts[2]) / 1000
+        return now - seen[2] >= int(parts[2]) / 1000
 
     def _lock_ttl_ms(self, ttl: float | None) -> int:
         wanted = ttl if ttl is not None else self.options.session_ttl
