@@ -20,7 +20,10 @@ from coordactors.backend_actors.base import CONNECTED
 from coordactors.messages import Acquire, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 
-__all__ = ["Coalescing"]
+__all__ = ["NOT_BATCHED", "Coalescing"]
+
+NOT_BATCHED: Any = object()
+"""``Coalescing.batch_item``'s answer for a request served the usual way."""
 
 
 class Coalescing:
@@ -57,9 +60,40 @@ class Coalescing:
         return None
 
     def serve_batch(self, calls: list[Call]) -> None:
-        """Serve ``calls`` (in order, as far as any caller can tell); default: one by one."""
+        """Serve ``calls`` in order, as far as any caller can tell: each run of
+        calls ``batch_item`` accepts goes to ``flush_batch`` together (a run of
+        one, or any run while not connected, the usual way); anything else is
+        served the usual way between the runs."""
+        run: list[tuple[Call, Any]] = []
+        names: set[str] = set()
         for call in calls:
-            self._serve(call)  # type: ignore[attr-defined]
+            msg = call.message
+            item = self.batch_item(msg, names)
+            if item is NOT_BATCHED:
+                self._flush_run(run)
+                run, names = [], set()
+                self._serve(call)  # type: ignore[attr-defined]
+                continue
+            run.append((call, item))
+            if type(msg) in (Acquire, Release):
+                names.add(msg.name)
+        self._flush_run(run)
+
+    def batch_item(self, msg: Any, names: set[str]) -> Any:
+        """What ``flush_batch`` needs to serve ``msg`` in a batch (locks already
+        named in the run: ``names``), or ``NOT_BATCHED``; default: nothing is."""
+        return NOT_BATCHED
+
+    def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
+        """Serve a run of two or more ``(call, batch_item)`` with as few round trips as the backend can."""
+        raise NotImplementedError
+
+    def _flush_run(self, run: list[tuple[Call, Any]]) -> None:
+        if len(run) < 2 or self.state is not CONNECTED:  # type: ignore[attr-defined]
+            for call, _item in run:
+                self._serve(call)  # type: ignore[attr-defined]
+            return
+        self.flush_batch(run)
 
     def batchable_acquire(self, msg: Acquire, names: set[str]) -> bool:
         """Can this acquire be tried in a batch?  Not if the name repeats in the

@@ -108,7 +108,7 @@ from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 
 from coordactors import errors
 from coordactors._protocol import Call
-from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
 from coordactors.backend_actors.base import SessionActor, fence_floor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -665,30 +665,17 @@ class MySQLSession(Coalescing, SessionActor):
 
     # -- coalescing --------------------------------------------------------------
 
-    def serve_batch(self, calls: list[Call]) -> None:
-        """Batch the runs of plain acquires and releases of held locks; the rest the usual way, in order."""
-        run: list[tuple[Call, Any]] = []
-        names: set[str] = set()
-        delayed = bool(self._grants_from and time.monotonic() < self._grants_from)
-        for call in calls:
-            msg = call.message
-            if type(msg) is Acquire and not delayed and msg.name not in self._held and self.batchable_acquire(msg, names):
-                run.append((call, None))
-            elif type(msg) is Release and self.batchable_release(msg, names) and self._held.get(msg.name) == self._leases[msg.name].fence:
-                run.append((call, self._leases[msg.name]))
-            else:
-                self._flush(run)
-                run, names = [], set()
-                self._serve(call)
-                continue
-            names.add(msg.name)
-        self._flush(run)
+    def batch_item(self, msg: Any, names: set[str]) -> Any:
+        """Plain acquires (None) and releases of held locks (the lease) are batched."""
+        if type(msg) is Acquire:
+            delayed = bool(self._grants_from and time.monotonic() < self._grants_from)
+            if not delayed and msg.name not in self._held and self.batchable_acquire(msg, names):
+                return None
+        elif type(msg) is Release and self.batchable_release(msg, names) and self._held.get(msg.name) == self._leases[msg.name].fence:
+            return self._leases[msg.name]
+        return NOT_BATCHED
 
-    def _flush(self, run: list[tuple[Call, Any]]) -> None:
-        if len(run) < 2 or self.state != "CONNECTED":
-            for call, _lease in run:
-                self._serve(call)
-            return
+    def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         # Round trip 1: every GET_LOCK and RELEASE_LOCK of the batch.
         sent_at = time.monotonic()
         columns = ["GET_LOCK(%s, 0)" if lease is None else "RELEASE_LOCK(%s)" for _call, lease in run]

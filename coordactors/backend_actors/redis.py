@@ -48,7 +48,7 @@ from redis.retry import Retry
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
-from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
 from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -262,37 +262,20 @@ class RedisSession(Coalescing, SessionActor):
 
     # -- coalescing -----------------------------------------------------------
 
-    def serve_batch(self, calls: list[Call]) -> None:
-        """Pipeline the runs of acquires, releases and listings that need no
-        waiting; serve anything else (a contended lock, a release of a lease
-        not held) the usual way, in order."""
-        run: list[tuple[Call, str, Any]] = []
-        names: set[str] = set()
-        for call in calls:
-            msg = call.message
-            kind = type(msg)
-            if kind is Acquire and self.batchable_acquire(msg, names):
-                ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
-                run.append((call, "acquire", ttl))
-                names.add(msg.name)
-            elif kind is Release and self.batchable_release(msg, names):
-                run.append((call, "release", self._leases[msg.name]))
-                names.add(msg.name)
-            elif kind is GetMembers:
-                run.append((call, "members", None))
-            else:
-                self._flush(run)
-                run, names = [], set()
-                self._serve(call)
-        self._flush(run)
+    def batch_item(self, msg: Any, names: set[str]) -> Any:
+        """Acquires and releases that need no waiting, and listings, are
+        pipelined as ``(kind, data)``; a contended lock or a release of a lease
+        not held is served the usual way."""
+        kind = type(msg)
+        if kind is Acquire and self.batchable_acquire(msg, names):
+            return "acquire", (msg.ttl if msg.ttl is not None else self.options.lease_ttl)
+        if kind is Release and self.batchable_release(msg, names):
+            return "release", self._leases[msg.name]
+        if kind is GetMembers:
+            return "members", None
+        return NOT_BATCHED
 
-    def _flush(self, run: list[tuple[Call, str, Any]]) -> None:
-        if not run:
-            return
-        if len(run) == 1 or self.state != "CONNECTED":
-            for call, _kind, _data in run:
-                self._serve(call)
-            return
+    def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
         try:
             with self.conn.client.pipeline(transaction=False) as pipe:
@@ -300,7 +283,7 @@ class RedisSession(Coalescing, SessionActor):
                 # redis-py check SCRIPT EXISTS first, one round trip more.
                 # A server that lost the scripts answers NOSCRIPT: those
                 # calls then take the usual path, which loads them.
-                for call, kind, data in run:
+                for call, (kind, data) in run:
                     msg = call.message
                     if kind == "acquire":
                         pipe.evalsha(self._scripts["ACQUIRE"].sha, 4, self._lock_key(msg.name), self._fence_key(msg.name), self._stream,
@@ -314,11 +297,11 @@ class RedisSession(Coalescing, SessionActor):
                                      msg.group, f"{self._ns}:alive:", STREAM_LENGTH)
                 results = pipe.execute(raise_on_error=False)
         except Exception:  # noqa: BLE001 - the usual path reports it, call by call
-            for call, _kind, _data in run:
+            for call, _item in run:
                 self._serve(call)
             return
         freed = []
-        for (call, kind, data), result in zip(run, results):
+        for (call, (kind, data)), result in zip(run, results):
             msg = call.message
             if isinstance(result, redis.exceptions.NoScriptError):
                 self._serve(call)
