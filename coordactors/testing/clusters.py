@@ -207,11 +207,7 @@ class EtcdNode(EtcdServer):
     def _command(self, binaries: dict[str, str]) -> list[str]:
         client, peer = (f"http://{self.host}:{port}" for port in self.peers[self.index])
         cluster = ",".join(f"node{i}=http://{self.host}:{peer_port}" for i, (_c, peer_port) in enumerate(self.peers))
-        return [binaries["server"], "--name", f"node{self.index}", "--data-dir", f"{self.directory}/data",
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", self.token,
-                "--enable-v2", "--election-timeout=500", "--heartbeat-interval=50", "--logger=zap", "--log-outputs=stderr"]
+        return self._member_command(binaries, f"node{self.index}", client, peer, cluster, self.token, election_ms=500, heartbeat_ms=50)
 
     def _discard_data(self) -> None:
         """Ports are fixed by the cluster: nothing to forget."""

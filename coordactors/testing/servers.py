@@ -726,12 +726,17 @@ class EtcdServer(Server):
     def _command(self, binaries: dict[str, str]) -> list[str]:
         assert self._ports is not None
         client, peer = (f"http://{self.host}:{port}" for port in self._ports)
-        return [binaries["server"], "--name", "default", "--data-dir", f"{self.directory}/data",
+        return self._member_command(binaries, "default", client, peer, f"default={peer}", os.path.basename(str(self.directory)),
+                                    election_ms=100, heartbeat_ms=20)
+
+    def _member_command(self, binaries: dict[str, str], name: str, client: str, peer: str, cluster: str, token: str, *,
+                        election_ms: int, heartbeat_ms: int) -> list[str]:
+        """The etcd command line of member ``name`` of ``cluster`` (``name=peer-url,...``), v2 API enabled."""
+        return [binaries["server"], "--name", name, "--data-dir", f"{self.directory}/data",
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"default={peer}", "--initial-cluster-state", "new",
-                "--initial-cluster-token", os.path.basename(str(self.directory)),
-                "--enable-v2", "--election-timeout=100", "--heartbeat-interval=20", "--logger=zap", "--log-outputs=stderr"]
+                "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", token,
+                "--enable-v2", f"--election-timeout={election_ms}", f"--heartbeat-interval={heartbeat_ms}", "--logger=zap", "--log-outputs=stderr"]
 
     def _get(self, path: str, timeout: float) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
