@@ -339,9 +339,7 @@ class MemcachedSession(SessionActor):
 
     def _exptime(self, ttl: float | None) -> int:
         """memcached's expiry for a TTL: whole seconds, rounded up, plus the tick it may lose."""
-        wanted = ttl if ttl is not None else self.options.session_ttl
-        assert wanted is not None  # check_location refuses session_ttl=none
-        expiry = math.ceil(wanted) + 1
+        expiry = math.ceil(self._effective_ttl(ttl)) + 1
         return expiry if expiry <= RELATIVE_EXPIRY_LIMIT else int(time.time()) + expiry
 
     # -- group documents --------------------------------------------------------
@@ -615,10 +613,11 @@ class MemcachedSession(SessionActor):
             return False
         return now - seen[2] >= int(parts[2]) / 1000
 
-    def _lock_ttl_ms(self, ttl: float | None) -> int:
+    def _effective_ttl(self, ttl: float | None) -> float:
+        """A lease's TTL, or the session's for a lease without one."""
         wanted = ttl if ttl is not None else self.options.session_ttl
         assert wanted is not None  # check_location refuses session_ttl=none
-        return math.ceil(wanted * 1000)
+        return wanted
 
     def _next_fence(self, name: str) -> int:
         client, key = self.conn.client, self.keys.fence(name)
@@ -642,7 +641,7 @@ class MemcachedSession(SessionActor):
 
     def _lock_value(self, conn: _Connection, fence: int, ttl: float | None) -> bytes:
         """``token:fence:ttl in ms:member``: whose it is, and how long a waiter must see it unchanged (see ``_expired``)."""
-        return f"{conn.token}:{fence}:{self._lock_ttl_ms(ttl)}:{self.member_id}".encode("utf-8")
+        return f"{conn.token}:{fence}:{math.ceil(self._effective_ttl(ttl) * 1000)}:{self.member_id}".encode("utf-8")
 
     def do_release(self, name: str, fence: int) -> bool:
         return self._release(self.conn, name, fence)
