@@ -173,7 +173,7 @@ def _shutdown(pgconn: Any) -> None:
         sock.close()
 
 
-class PostgreSQLSession(SessionActor):
+class PostgreSQLSession(Coalescing, SessionActor):
     """Session of ``postgresql://``: advisory locks, tables and LISTEN/NOTIFY.
 
     Acquires and releases queued together (many callers sharing the
@@ -571,9 +571,6 @@ class PostgreSQLSession(SessionActor):
         return result
 
     # -- coalescing --------------------------------------------------------------
-
-    # Not in use yet: PostgreSQLSession does not mix in Coalescing, so queued
-    # requests are served one by one.  Enabling it needs tests of the statement.
 
     def batch_item(self, msg: Any, names: set[str]) -> Any:
         """Plain acquires (None) and releases of held leases (the lease) go into one statement."""

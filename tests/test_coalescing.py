@@ -1,0 +1,106 @@
+"""Requests queued behind a busy session, on every backend.
+
+A session that coalesces (Redis pipelines, PostgreSQL's one statement,
+MySQL's batched calls, ZooKeeper's round trips in flight together) serves
+what queued up while it was busy together; every caller must still get the
+answer it would have had alone, in order.  The session is kept busy on
+purpose so the queue is known to hold every request before it is served.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from coordactors import errors
+from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.messages import Acquire, Release
+
+BOUND = 30
+
+
+def _session(coord: Any) -> Any:
+    return coord._route.session._actor_weakref()
+
+
+class _Busy:
+    """Keeps a session's actor thread busy until ``release`` (bounded)."""
+
+    def __init__(self, session: Any) -> None:
+        self.started = threading.Event()
+        self._go = threading.Event()
+        session.run_on_actor(self._hold)
+        assert self.started.wait(BOUND), "the session never ran the blocking call"
+
+    def _hold(self) -> None:
+        self.started.set()
+        self._go.wait(BOUND)
+
+    def release(self) -> None:
+        self._go.set()
+
+
+def _count_batches(session: Any) -> list[int]:
+    """Record the size of every batch the session serves (empty for a session that does not coalesce)."""
+    sizes: list[int] = []
+    if isinstance(session, Coalescing):
+        serve = session.serve_batch
+
+        def counting(calls: list[Any]) -> None:
+            sizes.append(len(calls))
+            serve(calls)
+
+        session.serve_batch = counting
+    return sizes
+
+
+@pytest.mark.timeout(90)
+def test_queued_lock_requests_each_get_their_own_answer(connect: Any) -> None:
+    shared, other = connect("shared"), connect("other")
+    taken = other.ask(Acquire("taken"), block=True, timeout=BOUND)
+    held = shared.ask(Acquire("held"), block=True, timeout=BOUND)
+    session = _session(shared)
+    sizes = _count_batches(session)
+
+    busy = _Busy(session)
+    free = [shared.submit(Acquire(f"free-{i}")) for i in range(6)]
+    refused = shared.submit(Acquire("taken", timeout=0))
+    released = shared.submit(Release(held))
+    waiting = shared.submit(Acquire("taken", timeout=BOUND))
+    again = shared.submit(Acquire("free-0", timeout=0))  # the same name twice in one queue: held by then
+    busy.release()
+
+    leases = [future.result(timeout=BOUND) for future in free]
+    assert [lease.name for lease in leases] == [f"free-{i}" for i in range(6)]
+    assert all(isinstance(lease.fence, int) for lease in leases)
+    with pytest.raises(errors.LockTimeout):
+        refused.result(timeout=BOUND)
+    assert released.result(timeout=BOUND) is None
+    with pytest.raises(errors.LockTimeout):
+        again.result(timeout=BOUND)
+    assert not waiting.done()
+
+    # What the batch granted is really held, and what it released is free.
+    for lease in leases:
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(lease.name, timeout=0), block=True, timeout=BOUND)
+    retaken = other.ask(Acquire("held", timeout=0), block=True, timeout=BOUND)
+    assert retaken.fence > held.fence
+
+    # The waiting acquire is granted once the other holder lets go.
+    other.ask(Release(taken), block=True, timeout=BOUND)
+    granted = waiting.result(timeout=BOUND)
+    assert granted.fence > taken.fence
+
+    # Releases queued together free every lock.
+    busy = _Busy(session)
+    releases = [shared.submit(Release(lease)) for lease in leases]
+    busy.release()
+    for future in releases:
+        assert future.result(timeout=BOUND) is None
+    for lease in leases:
+        other.ask(Release(other.ask(Acquire(lease.name, timeout=0), block=True, timeout=BOUND)), block=True, timeout=BOUND)
+    if isinstance(session, Coalescing):
+        assert max(sizes) >= 6, sizes  # the queue really was served together
