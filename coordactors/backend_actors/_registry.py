@@ -6,7 +6,8 @@ where it lives and how it is locked (a dict under a threading lock, a JSON
 file under an inter-process lock, POSIX shared memory under a semaphore).
 Every operation here runs inside the storage's exclusive transaction.
 
-Document (format ``coordactors-registry/1``)::
+Document (format ``coordactors-registry/2``; file:// and ipc:// store
+``groups`` and ``events`` apart from the rest, see ``_sections``)::
 
     {"format": ..., "boot": <boot id>, "seq": <last event number>,
      "events": [[seq, group, kind, member], ...],     # kind: join | leave | leader
@@ -28,7 +29,9 @@ from typing import Any, Callable
 from coordactors import errors
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 
-FORMAT = "coordactors-registry/1"
+FORMAT = "coordactors-registry/2"
+READABLE = frozenset({"coordactors-registry/1", FORMAT})
+"""Format 1 kept everything in one document; 2 may keep groups and events apart (``_sections``)."""
 EVENT_LOG_LENGTH = 2048
 """Events kept for sessions that poll; a session further behind resynchronises."""
 
@@ -38,17 +41,24 @@ def new_document(boot: str) -> dict[str, Any]:
     return {"format": FORMAT, "boot": boot, "seq": 0, "events": [], "owners": {}, "groups": {}, "locks": {}, "fences": {}}
 
 
-def check_format(doc: Any, where: str) -> None:
-    """Raise InvalidArgument if ``doc`` is not a registry we wrote (never overwrite it)."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+def check_format(doc: Any, where: str, damaged: str | None = None) -> None:
+    """Raise InvalidArgument if ``doc`` is not a registry we wrote (never overwrite it).
+
+    ``doc`` may be a stored core whose groups and events are kept apart (see
+    ``_sections``); ``damaged`` says what else was found wrong with it."""
+    if not isinstance(doc, dict) or doc.get("format") not in READABLE:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise errors.InvalidArgument(
             f"{where} holds data in a format coordactors does not know (format {found!r}, expected {FORMAT!r}); "
             "it was left untouched: point the URL elsewhere or remove it"
         )
     for key in ("owners", "groups", "locks", "fences", "events"):
+        if key in ("groups", "events") and key not in doc and isinstance(doc.get("sections"), dict):
+            continue
         if not isinstance(doc.get(key), (dict, list)):
-            raise errors.InvalidArgument(f"{where} is a damaged registry (its {key!r} is missing); it was left untouched")
+            damaged = damaged or f"its {key!r} is missing"
+    if damaged:
+        raise errors.InvalidArgument(f"{where} is a damaged registry ({damaged}); it was left untouched")
 
 
 class Registry:

@@ -1,9 +1,14 @@
 """file:///dir: coordination between the processes of one host, through a directory.
 
-The registry is one JSON document, ``<dir>/registry.json``, read and written
-under an exclusive inter-process lock on ``<dir>/registry.lock`` (fasteners),
-and replaced atomically (write to a temporary file, then ``os.replace``), so a
-process killed mid-write never leaves a torn document.
+The registry's core is one JSON document, ``<dir>/registry.json``; its
+groups and its event log are files of their own,
+``<dir>/registry.<section>.<stamp>.json``, named by the core (see
+``_sections``: a lock operation reads and rewrites only the core).  All are
+read and written under an exclusive inter-process lock on
+``<dir>/registry.lock`` (fasteners).  New sections are written first, under
+new names; then the core is replaced atomically (a temporary file, then
+``os.replace``); then the sections it no longer names are removed.  A process
+killed mid-write leaves the previous registry whole.
 
 fasteners locks with ``lockf``, which POSIX ties to the process, not the file
 descriptor: two coordinators of one process would not exclude each other
@@ -32,7 +37,8 @@ from typing import Any, Iterator
 import fasteners
 
 from coordactors import errors
-from coordactors.backend_actors._registry import Registry, boot_id, check_format, new_document, process_alive
+from coordactors.backend_actors._registry import Registry, boot_id, new_document, process_alive
+from coordactors.backend_actors._sections import Document, SectionCodec, dumps
 from coordactors.backend_actors.base import fence_floor
 from coordactors.backend_actors.local import SAME_HOST, LocalSession, PolledStorage
 from coordactors.urls import SessionOptions
@@ -73,34 +79,56 @@ class FileStorage(PolledStorage):
         self._thread_lock, self._process_lock = _locks_for(directory)
         self._boot = boot_id()
         self._seen: tuple[int, int, int] | None = None
+        self._codec = SectionCodec(self.path)
 
-    def _load(self) -> dict[str, Any]:
+    def _section_path(self, name: str, stamp: str) -> str:
+        return os.path.join(self.directory, f"registry.{name}.{stamp}.json")
+
+    def _read_section(self, name: str, stamp: str) -> bytes:
+        with open(self._section_path(name, stamp), "rb") as handle:
+            return handle.read()
+
+    def _load(self) -> Document:
         try:
             with open(self.path, "rb") as handle:
                 raw = handle.read()
         except FileNotFoundError:
-            return new_document(self._boot)
+            return self._codec.decode(new_document(self._boot), self._read_section)
         try:
-            doc = json.loads(raw)
+            core = json.loads(raw)
         except ValueError:
-            doc = None
-        check_format(doc, self.path)
+            core = None
+        doc = self._codec.decode(core, self._read_section)
         if doc["boot"] != self._boot:
             # Written before a reboot: every process it names is gone and its
             # monotonic times mean nothing.  Groups and fences carry over.
             doc["owners"], doc["locks"], doc["boot"] = {}, {}, self._boot
-        return doc  # type: ignore[no-any-return]
+        return doc
 
-    def _store(self, doc: dict[str, Any]) -> None:
+    def _store(self, doc: Document) -> None:
+        core, written = self._codec.encode(doc)
+        for name, (stamp, data) in written.items():
+            with open(self._section_path(name, stamp), "wb") as out:
+                out.write(data)
         handle, temporary = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=self.directory)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(doc, out, separators=(",", ":"), ensure_ascii=False)
+            with os.fdopen(handle, "wb") as out:
+                out.write(dumps(core))
             os.replace(temporary, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+        if written:
+            self._remove_unnamed(core["sections"])
+
+    def _remove_unnamed(self, stamps: dict[str, str]) -> None:
+        """Remove the section files the core no longer names (and any a killed writer left)."""
+        keep = {os.path.basename(self._section_path(name, stamp)) for name, stamp in stamps.items()}
+        for entry in os.listdir(self.directory):
+            if entry.startswith("registry.") and entry.endswith(".json") and entry != "registry.json" and entry not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, entry))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Registry]:
@@ -115,8 +143,11 @@ class FileStorage(PolledStorage):
                 yield registry
                 if registry.dirty:
                     self._store(registry.doc)
-            except OSError as exc:
-                raise errors.BackendUnavailable(f"cannot read or write {self.path!r}: {exc}") from exc
+            except BaseException as exc:
+                self._codec.forget()
+                if isinstance(exc, OSError):
+                    raise errors.BackendUnavailable(f"cannot read or write {self.path!r}: {exc}") from exc
+                raise
             finally:
                 self._process_lock.release()
 

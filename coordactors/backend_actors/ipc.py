@@ -18,6 +18,12 @@ would wedge every other process forever.  Two defences:
   and only then does the header flip to it, so a holder killed mid-write
   leaves the previous document intact.
 
+A slot holds the registry's groups and event log as sections apart from its
+core (see ``_sections``), then the core, which says where each section is:
+a lock operation parses and encodes only the core, and copies the sections'
+bytes over unchanged.  Slot layout: core offset and length (two little-endian
+u32), the sections, the core.
+
 The registry's locks are entries in the document, not semaphores, so a lock
 holder killed with SIGKILL is reaped (its pid is gone) by the next operation
 of any other process.  Other processes notice changes by polling the header's
@@ -46,6 +52,7 @@ import posix_ipc
 
 from coordactors import errors
 from coordactors.backend_actors._registry import Registry, boot_id, check_format, new_document, process_alive, process_start
+from coordactors.backend_actors._sections import Document, SectionCodec, dumps
 from coordactors.backend_actors.base import fence_floor
 from coordactors.backend_actors.file import owner_alive
 from coordactors.backend_actors.local import SAME_HOST, LocalSession, PolledStorage
@@ -53,12 +60,17 @@ from coordactors.urls import SessionOptions, positive_int, seconds
 
 __all__ = ["IpcSession", "IpcStorage", "destroy"]
 
-MAGIC = b"CAREG001"
+MAGIC = b"CAREG002"  # 001: one JSON document per slot
 # magic, generation, active slot, length of slot 0, length of slot 1,
 # mutex holder pid, mutex holder start time
 HEADER = struct.Struct("<8sQIIIIQ")
 HEADER_SIZE = 64
+SLOT = struct.Struct("<II")  # where the slot's core is: offset, length
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+def _no_sections(name: str, stamp: str) -> bytes:
+    raise KeyError(name)  # a new registry names no stored sections
 
 
 def _names(name: str) -> tuple[str, str, str]:
@@ -96,6 +108,7 @@ class IpcStorage(PolledStorage):
         self._pid = os.getpid()
         self._start = process_start(self._pid) or 0
         self._seen_generation = -1
+        self._codec = SectionCodec(f"ipc://{name}")
 
     # -- the mutex --------------------------------------------------------------
 
@@ -144,35 +157,61 @@ class IpcStorage(PolledStorage):
 
     # -- the document ---------------------------------------------------------------
 
-    def _load(self) -> dict[str, Any]:
+    def _load(self) -> Document:
         magic, _generation, active, len0, len1, _, _ = self._header()
-        if magic == b"\0" * 8:
-            return new_document(self._boot)
         where = f"ipc://{self.name}"
+        if magic == b"\0" * 8:
+            return self._codec.decode(new_document(self._boot), _no_sections)
         if magic != MAGIC:
             check_format(None, where)
-        length = (len0, len1)[active]
-        offset = HEADER_SIZE + active * self._slot_size
+        base = HEADER_SIZE + active * self._slot_size
+        core_at, core_length = SLOT.unpack_from(self._map, base)
         try:
-            doc = json.loads(self._map[offset : offset + length])
-        except ValueError:
-            doc = None
-        check_format(doc, where)
-        return doc  # type: ignore[no-any-return]
+            core = json.loads(self._map[base + core_at : base + core_at + core_length])
+            places = core.pop("places")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            core, places = None, {}
 
-    def _store(self, doc: dict[str, Any]) -> None:
-        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        if len(data) > self._slot_size:
+        def read_section(name: str, stamp: str) -> bytes:
+            at, length = places[name]
+            return self._map[base + at : base + at + length]
+
+        doc = self._codec.decode(core, read_section)
+        doc.place = (base, places)
+        return doc
+
+    def _store(self, doc: Document) -> None:
+        core, written = self._codec.encode(doc)
+        old_base, old_places = doc.place or (0, {})
+        sections = []
+        for name, stamp in core["sections"].items():
+            if name in written:
+                sections.append((name, written[name][1]))
+            else:
+                at, length = old_places[name]
+                sections.append((name, self._map[old_base + at : old_base + at + length]))
+        places, at = {}, SLOT.size
+        for name, data in sections:
+            places[name] = [at, len(data)]
+            at += len(data)
+        core["places"] = places
+        core_data = dumps(core)
+        size = at + len(core_data)
+        if size > self._slot_size:
             raise errors.NotSupported(
-                f"the registry of ipc://{self.name} needs {len(data)} bytes but its slot holds {self._slot_size}: "
+                f"the registry of ipc://{self.name} needs {size} bytes but its slot holds {self._slot_size}: "
                 "reconnect with a larger ?size= after destroying the old segment"
             )
         magic, generation, active, len0, len1, pid, start = self._header()
         target = 0 if magic != MAGIC else 1 - active
-        offset = HEADER_SIZE + target * self._slot_size
-        self._map[offset : offset + len(data)] = data
+        base = HEADER_SIZE + target * self._slot_size
+        for name, data in sections:
+            offset = base + places[name][0]
+            self._map[offset : offset + len(data)] = data
+        self._map[base + at : base + size] = core_data
+        SLOT.pack_into(self._map, base, at, len(core_data))
         lengths = [len0, len1]
-        lengths[target] = len(data)
+        lengths[target] = size
         HEADER.pack_into(self._map, 0, MAGIC, generation + 1, target, lengths[0], lengths[1], pid, start)
 
     @contextlib.contextmanager
@@ -184,6 +223,9 @@ class IpcStorage(PolledStorage):
             yield registry
             if registry.dirty:
                 self._store(registry.doc)
+        except BaseException:
+            self._codec.forget()
+            raise
         finally:
             self._unlock()
 
