@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from coordactors.bench.measure import Sample, histogram, run_callers, summarise
 from coordactors.bench.trials import REQUEST_TIMEOUT, Fixture
 from coordactors.events import MemberJoined, MemberLeft
 from coordactors.messages import Acquire, CreateGroup, Heartbeat, Join, Leave
+from coordactors.urls import parse_url
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,16 @@ def event_latency(fixture: Fixture, *, iterations: int) -> tuple[Sample, dict[st
 
     Also returns the join's own latency (until its reply: the join is applied
     at the backend), so the report can say how much of the event latency is
-    the delivery after the join took effect."""
+    the delivery after the join took effect.
+
+    On a polling backend each join waits a random part of the poll interval
+    first, so joins land at random moments of the watcher's poll cycle, as an
+    application's would.  Without it every join followed the delivery of the
+    previous leave -- which came right after a poll -- and each sample was
+    the worst case, a whole interval."""
+    polls = fixture.backend.session_class.POLLS
+    interval = parse_url(fixture.url)[1].poll_interval if polls else 0.0
+    dephase = random.Random(7)
     group = fixture.fresh("events")
     seen: dict[tuple[type, str], threading.Event] = {}
     arrived: dict[tuple[type, str], int] = {}
@@ -94,6 +105,8 @@ def event_latency(fixture: Fixture, *, iterations: int) -> tuple[Sample, dict[st
             for i in range(iterations + 1):
                 member = joiner.member_id
                 joined, left = waiter(MemberJoined, member), waiter(MemberLeft, member)
+                if polls:
+                    time.sleep(dephase.uniform(0.0, interval))
                 started = time.perf_counter_ns()
                 joiner.ask(Join(group), block=True, timeout=REQUEST_TIMEOUT)
                 replied = time.perf_counter_ns()
