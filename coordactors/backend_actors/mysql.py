@@ -223,8 +223,8 @@ class MySQLSession(Coalescing, SessionActor):
     """Session of ``mysql://user[:password]@host:port/dbname``: see the module docstring.
 
     Acquires and releases queued together (many callers sharing the
-    coordinator) take three round trips per batch instead of two per acquire
-    and one per release.
+    coordinator) take one round trip per batch (three statements) instead of
+    two per acquire and one per release.
     """
 
     COALESCED = frozenset({Acquire, Release})
@@ -304,7 +304,10 @@ class MySQLSession(Coalescing, SessionActor):
             local_infile=False,
             # UPDATE reports the rows it matched, not only those it changed:
             # the heartbeat counts the memberships it found.
-            client_flag=CLIENT.FOUND_ROWS,
+            # MULTI_STATEMENTS: a batch of queued acquires and releases is
+            # one round trip of three statements (every value is still
+            # passed as an escaped parameter).
+            client_flag=CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
             # wait_timeout: the server closes the connection -- freeing its
             # locks -- once it has been silent for session_ttl, so a holder
             # whose host died (no FIN, no RST) does not keep its locks until
@@ -676,46 +679,42 @@ class MySQLSession(Coalescing, SessionActor):
         return NOT_BATCHED
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
-        # Round trip 1: every GET_LOCK and RELEASE_LOCK of the batch.
+        # One round trip (three statements): every GET_LOCK and RELEASE_LOCK
+        # of the batch; the grant rows of the locks this connection now holds
+        # (IS_USED_LOCK, decided by the server after the first statement);
+        # their fences.  The rows change only under the locks, so the fences
+        # read are the ones just written.
         sent_at = time.monotonic()
-        columns = ["GET_LOCK(%s, 0)" if lease is None else "RELEASE_LOCK(%s)" for _call, lease in run]
+        acquired = [call.message.name for call, lease in run if lease is None]
+        locks = self.tables["locks"]
+        statements = ["SELECT " + ", ".join("GET_LOCK(%s, 0)" if lease is None else "RELEASE_LOCK(%s)" for _call, lease in run)]
+        args: list[Any] = [self._key(call.message.name) for call, _lease in run]
+        if acquired:
+            batch = " UNION ALL ".join(["SELECT %s AS n, %s AS k"] * len(acquired))
+            statements.append(
+                f"INSERT INTO {locks} (namespace, name, fence, holder, holder_connection, granted_at) "
+                f"SELECT %s, t.n, %s, %s, CONNECTION_ID(), UTC_TIMESTAMP(6) FROM ({batch}) AS t "
+                "WHERE IS_USED_LOCK(t.k) = CONNECTION_ID() "
+                "ON DUPLICATE KEY UPDATE fence = fence + 1, holder = VALUES(holder), "
+                "holder_connection = CONNECTION_ID(), granted_at = UTC_TIMESTAMP(6)"
+            )
+            args += [self._ns, fence_floor(), _b(self.member_id), *(v for name in acquired for v in (_b(name), self._key(name)))]
+            statements.append(f"SELECT name, fence FROM {locks} WHERE namespace = %s AND name IN ({', '.join(['%s'] * len(acquired))})")
+            args += [self._ns, *(_b(name) for name in acquired)]
         try:
-            row = self._one("SELECT " + ", ".join(columns), [self._key(call.message.name) for call, _lease in run])
+            with self.conn.cursor() as cursor:
+                cursor.execute("; ".join(statements), args)
+                results = list(cursor.fetchone() or [None] * len(run))
+                fences: dict[str, int] = {}
+                if acquired:
+                    cursor.nextset()
+                    cursor.nextset()
+                    fences = {_s(name): int(fence) for name, fence in cursor.fetchall()}
         except Exception:  # noqa: BLE001 - the usual path reports it, call by call
+            self._give_back(acquired)
             for call, _lease in run:
                 self._serve(call)
             return
-        results = list(row or [None] * len(run))
-        granted = [call.message.name for (call, lease), result in zip(run, results) if lease is None and result == 1]
-        fences: dict[str, int] = {}
-        if granted:
-            # Round trips 2 and 3: the fences of every granted lock (their rows
-            # change only under the locks this connection now holds).
-            locks = self.tables["locks"]
-            try:
-                with self.conn.cursor() as cursor:
-                    cursor.execute(
-                        f"INSERT INTO {locks} (namespace, name, fence, holder, holder_connection, granted_at) VALUES "
-                        + ", ".join(["(%s, %s, %s, %s, CONNECTION_ID(), UTC_TIMESTAMP(6))"] * len(granted))
-                        + " ON DUPLICATE KEY UPDATE fence = fence + 1, holder = VALUES(holder), "
-                        "holder_connection = CONNECTION_ID(), granted_at = UTC_TIMESTAMP(6)",
-                        [v for name in granted for v in (self._ns, _b(name), fence_floor(), _b(self.member_id))],
-                    )
-                    cursor.execute(
-                        f"SELECT name, fence FROM {locks} WHERE namespace = %s AND name IN ({', '.join(['%s'] * len(granted))})",
-                        [self._ns, *(_b(name) for name in granted)],
-                    )
-                    fences = {_s(name): int(fence) for name, fence in cursor.fetchall()}
-            except Exception:  # noqa: BLE001 - give the locks back; the usual path reports the error
-                try:
-                    self._one("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(granted)), [self._key(name) for name in granted])
-                except Exception:  # noqa: BLE001
-                    logger.debug("%r: could not free %r after a failed batch", self, granted, exc_info=True)
-                self._finish_releases(run, results)
-                for call, lease in run:
-                    if lease is None:
-                        self._serve(call)
-                return
         for (call, lease), result in zip(run, results):
             msg = call.message
             if lease is not None:
@@ -724,13 +723,23 @@ class MySQLSession(Coalescing, SessionActor):
                 self._held[msg.name] = fences[msg.name]
                 self._deliver(call, self._hold(msg.name, fences[msg.name], None, sent_at))
             elif result == 1:  # no fence row: should not happen; give the lock back, take the usual path
-                self._one("SELECT RELEASE_LOCK(%s)", (self._key(msg.name),))
+                self._give_back([msg.name])
                 self._serve(call)
             elif msg.timeout == 0:
                 self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
             else:
                 self._serve(call)  # waits, the usual way
         self._finish_releases(run, results)
+
+    def _give_back(self, names: list[str]) -> None:
+        """After a failed batch: free the locks it may have taken (RELEASE_LOCK
+        of a lock this connection does not hold changes nothing)."""
+        if not names:
+            return
+        try:
+            self._one("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(names)), [self._key(name) for name in names])
+        except Exception:  # noqa: BLE001
+            logger.debug("%r: could not free %r after a failed batch", self, names, exc_info=True)
 
     def _finish_releases(self, run: list[tuple[Call, Any]], results: list[Any]) -> None:
         freed = []
