@@ -330,3 +330,33 @@ def test_a_foreign_epoch_key_is_reported_and_left_untouched(coordinators, url, r
     with pytest.raises(errors.InvalidArgument, match="format"):
         coordactors.connect(url, "a")
     assert raw.value(f"{namespace}/epoch") == "not a number"
+
+
+# -- the kept-alive transport etcd3gw is given ------------------------------------------------------
+
+
+def test_the_transport_keeps_one_connection_and_remakes_it_after_the_server_closed_it(etcd_server):
+    from coordactors.backend_actors._keepalive import CONNECT_FAILED, KeepAliveSession
+    from coordactors.testing.faults import Proxy
+
+    with Proxy(etcd_server.host, etcd_server.port) as proxy:
+        session = KeepAliveSession()
+        url = f"http://127.0.0.1:{proxy.port}/v3/kv/range"
+        try:
+            for _ in range(3):
+                reply = session.post(url, json={"key": _b64("nothing")}, timeout=(2, 2))
+                assert reply.status_code == 200 and "header" in reply.json()
+            assert proxy.connections == 1
+            proxy.reset_connections()  # the idle connection is closed under it
+            wait_until(lambda: proxy.connections == 0, timeout=5)
+            assert session.post(url, json={"key": _b64("nothing")}, timeout=(2, 2)).status_code == 200
+            proxy.stall()
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                session.post(url, json={"key": _b64("nothing")}, timeout=(2, 0.3))
+            proxy.heal()
+            assert session.post(url, json={"key": _b64("nothing")}, timeout=(2, 2)).status_code == 200
+        finally:
+            session.close()
+    # The proxy is gone: nothing listens there any more.
+    with pytest.raises(requests.exceptions.ConnectionError, match=CONNECT_FAILED):
+        session.post(url, json={"key": _b64("nothing")}, timeout=(2, 2))

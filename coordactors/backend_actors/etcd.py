@@ -85,7 +85,6 @@ import http.client
 import json
 import logging
 import math
-import select
 import socket
 import threading
 import urllib.parse
@@ -93,6 +92,7 @@ from typing import Any
 
 from coordactors import errors
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
+from coordactors.backend_actors._keepalive import closed_by_peer
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -179,7 +179,7 @@ class _Http:
     def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
         conn = self._conn
-        if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+        if conn is not None and conn.sock is not None and closed_by_peer(conn.sock):
             conn.close()  # nothing was sent on it: safe to send on a new one
         if conn is None or conn.sock is None:
             conn = self._connect()
@@ -229,15 +229,6 @@ class _Http:
         self.abort()
         if self._conn is not None:
             self._conn.close()
-
-
-def _closed_by_peer(sock: socket.socket) -> bool:
-    """Whether an idle kept-alive socket was closed (or reset) by the server: readable means EOF or error."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
 
 
 class _Connection:

@@ -68,6 +68,7 @@ from etcd3gw.client import Etcd3Client
 
 from coordactors import errors
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
+from coordactors.backend_actors._keepalive import CONNECT_FAILED, KeepAliveSession
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -112,8 +113,6 @@ def _api_path(value: str, what: str) -> str:
 
 DEFAULT_PORT = 2379
 
-_CONNECT_FAILED = "Failed to establish a new connection"
-"""In requests' message when a connection could not even be made: nothing was sent."""
 
 
 class _WatchCancelled(ConnectionError):
@@ -185,14 +184,14 @@ class Etcd3Session(SessionActor):
 
     def open(self) -> _Connection:
         options = self.options
-        session = requests.Session()
+        session = KeepAliveSession()  # requests' own costs ~0.5 ms of Python per call: see _keepalive
         host, port = self._endpoints.current()
         client = Etcd3Client(
             host=host,
             port=port,
             timeout=(min(options.connect_timeout, self._timeout), self._timeout),  # type: ignore[arg-type]
             api_path=options.extra.get("api_path", "/v3/"),
-            session=session,
+            session=session,  # type: ignore[arg-type]
         )
         try:
             token = None
@@ -424,7 +423,7 @@ class Etcd3Session(SessionActor):
                 return client.post(client.get_url(path), json=body)  # type: ignore[no-any-return]
             except etcd_exceptions.ConnectionFailedError as exc:
                 self._switch(client, host)
-                if _CONNECT_FAILED not in (exc.detail_text or ""):
+                if CONNECT_FAILED not in (exc.detail_text or ""):
                     raise
                 last: Exception = exc
             except (etcd_exceptions.ConnectionTimeoutError, etcd_exceptions.InternalServerError):

@@ -1,0 +1,117 @@
+"""One kept-alive HTTP/1.1 connection, for the backends that speak JSON over HTTP.
+
+etcd3gw sends its requests through a ``requests.Session`` it is given.
+requests (with urllib3 under it) spends about half a millisecond of Python
+per call -- as much as etcd's gateway takes to answer -- so the etcd3
+session gives etcd3gw a :class:`KeepAliveSession` instead: the part of the
+``requests.Session`` interface etcd3gw uses (``post``, ``headers``,
+``close``), over one ``http.client`` connection, failing with the same
+``requests`` exceptions (and messages) etcd3gw already maps to its own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import urllib.parse
+from typing import Any
+
+import requests
+
+__all__ = ["KeepAliveSession", "closed_by_peer"]
+
+CONNECT_FAILED = "Failed to establish a new connection"
+"""What requests says when a connection could not even be made (nothing was sent)."""
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket was closed (or reset) by the server: readable means EOF or error."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class _Reply:
+    """What etcd3gw reads of a response."""
+
+    __slots__ = ("content", "reason", "status_code")
+
+    def __init__(self, status_code: int, reason: str, content: bytes) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class KeepAliveSession:
+    """A ``requests.Session`` stand-in for one thread at a time: POSTs JSON on
+    one kept-alive connection, re-made (to the URL's host) when the server
+    closed it or the host changed."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+        self._conn: http.client.HTTPConnection | None = None
+        self._host: tuple[str, int] | None = None
+
+    def post(self, url: str, json: Any = None, timeout: Any = None, data: Any = None) -> _Reply:  # noqa: A002 - requests' names
+        """POST ``json`` (or ``data``) to ``url``; ``timeout`` is (connect, read) or one number."""
+        connect_timeout, read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        parts = urllib.parse.urlsplit(url)
+        host = (parts.hostname or "localhost", parts.port or 80)
+        conn = self._conn
+        if conn is not None and (host != self._host or conn.sock is None or closed_by_peer(conn.sock)):
+            conn.close()  # nothing was sent on it: safe to send on a new one
+            conn = self._conn = None
+        if conn is None:
+            conn = self._connect(host, connect_timeout, read_timeout)
+        body = data if json is None else _dumps(json)
+        headers = {"Content-Type": "application/json", **self.headers}
+        path = parts.path + ("?" + parts.query if parts.query else "")
+        try:
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            content = response.read()
+        except TimeoutError as exc:
+            self.close()
+            raise requests.exceptions.ReadTimeout(f"{host[0]}:{host[1]}: read timed out ({exc})") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise requests.exceptions.ConnectionError(f"{host[0]}:{host[1]}: connection broken: {type(exc).__name__}: {exc}") from exc
+        if response.will_close:
+            self.close()
+        return _Reply(response.status, response.reason, content)
+
+    def _connect(self, host: tuple[str, int], connect_timeout: float | None, read_timeout: float | None) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(host[0], host[1], timeout=connect_timeout)
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise requests.exceptions.ConnectTimeout(f"{host[0]}:{host[1]}: connect timed out ({exc})") from exc
+        except OSError as exc:
+            conn.close()
+            raise requests.exceptions.ConnectionError(f"{host[0]}:{host[1]}: {CONNECT_FAILED}: {exc}") from exc
+        assert conn.sock is not None
+        conn.sock.settimeout(read_timeout)
+        self._conn, self._host = conn, host
+        return conn
+
+    def close(self) -> None:
+        """Close the connection (the next request makes a new one)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
