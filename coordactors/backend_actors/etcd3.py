@@ -59,6 +59,7 @@ import logging
 import math
 import socket
 import threading
+import time
 import urllib.parse
 from typing import Any
 
@@ -69,10 +70,12 @@ from etcd3gw.client import Etcd3Client
 from coordactors import errors
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors._keepalive import CONNECT_FAILED, KeepAliveSession
+from coordactors._protocol import Call
+from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
-from coordactors.messages import Lease
+from coordactors.messages import Acquire, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, seconds, text
 
@@ -137,8 +140,16 @@ class _Connection:
         self.revoked = False
 
 
-class Etcd3Session(SessionActor):
-    """Session of ``etcd3+http://``: a lease, create-if-absent transactions and a watch stream."""
+class Etcd3Session(Coalescing, SessionActor):
+    """Session of ``etcd3+http://``: a lease, create-if-absent transactions and a watch stream.
+
+    Acquires and releases queued together (many callers sharing the
+    coordinator) are one transaction: each its own nested transaction
+    (etcd 3.3+), with the compares and effects it has alone.
+    """
+
+    COALESCED = frozenset({Acquire, Release})
+    MAX_BATCH = 64  # within etcd's --max-txn-ops (128) operations per transaction
 
     # Every read is a default (linearizable, not serializable) range served
     # through the raft leader, as ZooKeeper's sync'd reads are.
@@ -673,6 +684,69 @@ class Etcd3Session(SessionActor):
             [self._delete(key)],
         )
         return bool(reply.get("succeeded"))
+
+    # -- coalescing --------------------------------------------------------------
+
+    def batch_item(self, msg: Any, names: set[str]) -> Any:
+        """Plain acquires (None) and releases of held leases (the lease) go into one transaction."""
+        if type(msg) is Acquire and self.batchable_acquire(msg, names):
+            return None
+        if type(msg) is Release and self.batchable_release(msg, names):
+            return self._leases[msg.name]
+        return NOT_BATCHED
+
+    def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
+        floor, epoch_revision = self._epoch
+        same_epoch = {"key": _b64(self._ns + "epoch"), "target": "CREATE", "result": "EQUAL", "create_revision": str(epoch_revision)}
+        nested = []
+        for call, lease in run:
+            key = self._lock_key(call.message.name)
+            if lease is None:  # do_try_acquire's transaction
+                txn = {"compare": [self._absent(key), same_epoch], "success": [self._put(key, self._lock_value())], "failure": [self._range(key)]}
+            else:  # do_release's
+                txn = {"compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(lease.fence - floor)},
+                                   {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(self.conn.lease_id)}],
+                       "success": [self._delete(key)], "failure": []}
+            nested.append({"request_txn": txn})
+        sent_at = time.monotonic()
+        try:
+            reply = self._txn([], nested)
+            revision = int(reply["header"]["revision"])
+            results = [response["response_txn"] for response in reply["responses"]]
+        except Exception:  # noqa: BLE001 - the usual path reports it, call by call
+            for call, _lease in run:
+                self._serve(call)
+            return
+        freed = []
+        for (call, lease), result in zip(run, results):
+            msg = call.message
+            succeeded = bool(result.get("succeeded"))
+            if lease is not None:
+                del self._leases[msg.name]
+                freed.append(msg.name)
+                if succeeded:
+                    self._end_lease(lease, "released")
+                    self._deliver(call, None)
+                else:
+                    self._lose(lease, "the backend no longer held it at release")
+                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {lease.fence} had already been lost on the backend"))
+            elif succeeded:
+                # Every put of the transaction happened at its revision: the key's create_revision.
+                self._deliver(call, self._hold(msg.name, floor + revision, None, sent_at))
+            elif msg.timeout == 0 and self._held_by_another(msg.name, result):
+                self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
+            else:
+                self._serve(call)  # waits, or meets what the usual path handles (a new epoch, a foreign value, a key of ours on a lost lease)
+        if freed and self._waiters:
+            self._run_guarded(self._retry_waiters, freed)
+
+    def _held_by_another(self, name: str, result: dict[str, Any]) -> bool:
+        """Whether a refused nested acquire found the lock held, as do_try_acquire would judge it."""
+        kvs = self._kvs(result, 0)
+        if not kvs:
+            return False  # the epoch compare failed
+        parsed = self._parse_lock(name, _unb64(kvs[0].get("value", "")), strict=False)
+        return parsed is not None and (parsed[0] != self.session_token or int(kvs[0].get("lease", 0)) == self.conn.lease_id)
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         # The heartbeat's keepalive extended the one lease every lock lives
