@@ -380,3 +380,26 @@ def test_a_stalled_holder_loses_its_lock_and_membership_after_session_ttl(coordi
         observed.wait_for_event(MemberLeft("g", "stalled"))  # its row expired and was reaped
     finally:
         child.close()
+
+
+def test_the_heartbeat_finds_exactly_the_locks_the_connection_no_longer_holds(coordinators: Any, url: str) -> None:
+    from coordactors.messages import Heartbeat
+
+    coord = coordinators("holder", url)
+    own = _own_events(coord)
+    leases = [coord.ask(Acquire(f"job-{i}"), block=True, timeout=10) for i in range(40)]
+    session = coord._route.session._actor_weakref()
+    done = threading.Event()
+
+    def give_up_behind_the_sessions_back() -> None:  # on the actor thread, on its own connection
+        for index in (3, 17):
+            session._one("SELECT RELEASE_LOCK(%s)", (session._key(f"job-{index}"),))
+        done.set()
+
+    session.run_on_actor(give_up_behind_the_sessions_back)
+    assert done.wait(10)
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    own.wait_for(lambda events: len([e for e in events if isinstance(e, LockLost)]) >= 2, timeout=10)
+    assert sorted(e.name for e in own.events if isinstance(e, LockLost)) == ["job-17", "job-3"]
+    assert [lease.name for lease in leases if lease.lost.is_set()] == ["job-3", "job-17"]
+    assert coord.statistics()["leases"] == 38

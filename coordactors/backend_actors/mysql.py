@@ -772,12 +772,16 @@ class MySQLSession(Coalescing, SessionActor):
         held = [lease for lease in leases if self._held.get(lease.name) == lease.fence]
         lost = {(lease.name, lease.fence) for lease in leases if self._held.get(lease.name) != lease.fence}
         if held:
-            checks = ", ".join(["IS_USED_LOCK(%s) <=> CONNECTION_ID()"] * len(held))
-            row = self._one(f"SELECT {checks}", [self._key(lease.name) for lease in held])
-            for lease, ours in zip(held, row or ()):
-                if not ours:
-                    lost.add((lease.name, lease.fence))
-                    self._held.pop(lease.name, None)
+            # One row per lock NOT held any more (usually none): a column per
+            # lock instead made PyMySQL parse a column description for each,
+            # most of the heartbeat's time with 1,000 locks.
+            keys = " UNION ALL ".join(f"SELECT {index} AS i, %s AS k" for index in range(len(held)))
+            rows = self._all(f"SELECT t.i FROM ({keys}) AS t WHERE NOT (IS_USED_LOCK(t.k) <=> CONNECTION_ID())",
+                             [self._key(lease.name) for lease in held])
+            for (index,) in rows:
+                lease = held[int(index)]
+                lost.add((lease.name, lease.fence))
+                self._held.pop(lease.name, None)
         return lost
 
     def do_lock_holder(self, name: str) -> str | None:
