@@ -385,3 +385,46 @@ def test_a_wrong_password_is_refused_without_showing_it():
             assert coord.members("g") == {"a"}
     finally:
         server.stop()
+
+
+def test_a_resting_reader_wakes_for_a_waiter_and_for_a_watch(coordinators, url, monkeypatch):
+    from coordactors.backend_actors import postgresql
+
+    real_select = postgresql.select.select
+
+    # Hold the waiter's reader in its select until the lock was freed behind
+    # its back: only its catch-up on waking (every waiter retried) can then
+    # grant the lock -- retry_interval=60 and heartbeat_interval=30 rule out
+    # the periodic retries.
+    gate, held = threading.Event(), threading.Event()
+    gate.set()
+
+    def gated_select(rlist, wlist, xlist, timeout=None):
+        if threading.current_thread().name == "PostgreSQLEvents[waiter]" and not gate.is_set():
+            held.set()
+            assert gate.wait(30)
+        return real_select(rlist, wlist, xlist, timeout)
+
+    monkeypatch.setattr(postgresql.select, "select", gated_select)
+    slow_retry = url + "&retry_interval=60&session_ttl=90&heartbeat_interval=30"
+    holder, waiter, watcher = (coordinators(name, slow_retry) for name in ("holder", "waiter", "watcher"))
+    sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
+    # Nothing watched, nothing waited for: their readers rest (do not listen).
+    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    gate.clear()
+    sessions["waiter"].conn.poke()
+    assert held.wait(10)  # the waiter's reader is held, resting (not listening)
+    waiting = waiter.submit(Acquire("jobs", timeout=30))
+    wait_until(lambda: sessions["waiter"]._waiters, timeout=10)
+    holder.ask(Release(lease), block=True, timeout=10)  # its NOTIFY reaches nobody listening
+    gate.set()
+    assert waiting.result(timeout=10).fence > lease.fence
+    wait_until(lambda: sessions["waiter"].conn.resting, timeout=10)  # nothing waits any more
+
+    seen = EventRecorder()
+    holder.create_group("g")
+    watcher.watch("g", seen)
+    holder.join("g")
+    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
+    assert not sessions["watcher"].conn.resting

@@ -377,6 +377,11 @@ class SessionActor(pykka.ThreadingActor):
         """After ``resume()``: catch up with what happened while suspended
         (re-read watched groups, clean up requests whose replies were lost)."""
 
+    def on_waiting(self) -> None:
+        """Actor thread: an acquire started waiting, or a campaign was
+        recorded: a backend whose event reader rests while nothing waits or
+        watches wakes it here."""
+
     def translate_error(self, exc: BaseException) -> errors.CoordinationError:
         """Map a client library's exception to ours (one table per backend)."""
         if isinstance(exc, OSError):
@@ -677,6 +682,7 @@ class SessionActor(pykka.ThreadingActor):
         if msg.group not in self._campaigns:
             self._campaigns.add(msg.group)
             self.supervisor.tell(DesiredCampaign(msg.group, True))
+            self.on_waiting()
         # The campaign is recorded: if the connection drops now, the restored
         # session campaigns again, so the caller need not hear of it.
         self._run_guarded(self._try_lead, msg.group)
@@ -755,6 +761,7 @@ class SessionActor(pykka.ThreadingActor):
         if deadlines:
             waiter.timer = self.runtime.ticker.call_later(min(deadlines) - time.monotonic(), lambda: self.tell_self(_Expire(waiter)))
         self._waiters.setdefault(msg.name, collections.deque()).append(waiter)
+        self.on_waiting()
         if lost_connection is not None:
             self._unavailable(lost_connection)
         return _PENDING
@@ -1043,6 +1050,8 @@ class SessionActor(pykka.ThreadingActor):
         for group in self._watched:
             self.do_watch(group)
         self._campaigns = set(desired.campaigns)
+        if self._campaigns:
+            self.on_waiting()
         for group in self._campaigns:
             self._try_lead(group)
 

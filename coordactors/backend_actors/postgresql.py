@@ -156,6 +156,25 @@ class _Connection:
         self.stopping = threading.Event()
         self.busy_since: float | None = None
         self.timers: list[Any] = []
+        self.resting = False
+        """The reader does not listen: the session neither watches nor waits."""
+        self.catch_up = False
+        """A watch began: the reader reads the event log on (see ``do_watch``)."""
+        self.wake_r, self.wake_w = os.pipe()
+
+    def poke(self) -> None:
+        """Any thread: wake the reader from its ``select``."""
+        try:
+            os.write(self.wake_w, b".")
+        except OSError:
+            pass  # closed, or full: it wakes either way
+
+    def close_pipe(self) -> None:
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _shutdown(pgconn: Any) -> None:
@@ -329,8 +348,10 @@ class PostgreSQLSession(Coalescing, SessionActor):
         for timer in conn.timers:
             timer.cancel()
         _shutdown(conn.listen)
+        conn.poke()
         if conn.thread is not None and conn.thread is not threading.current_thread():
             conn.thread.join(5)
+        conn.close_pipe()
         for pgconn in (conn.listen, conn.cmd):
             try:
                 pgconn.close()
@@ -750,50 +771,92 @@ class PostgreSQLSession(Coalescing, SessionActor):
             if leader is not None and leader != old[2]:
                 self.emit(LeaderElected(group, leader))
         self._views[group] = [seq, members, leader]
+        # The reader may have passed over events of this group before its
+        # view existed (or be resting): it reads the log on from the view.
+        self.conn.catch_up = True
+        self.conn.poke()
 
     def do_unwatch(self, group: str) -> None:
         self._views.pop(group, None)
 
     def _follow(self, conn: _Connection, namespace: str, last_seq: int) -> None:
-        """Reader thread: wait for notifications on the listening connection, read new events, hand them over."""
+        """Reader thread: wait for notifications on the listening connection, read new events, hand them over.
+
+        While the session neither watches a group nor waits for a lock it
+        rests: it stops listening (a NOTIFY per release and per change in the
+        namespace woke this thread, which cost each request of the session a
+        thread switch) and only watches the socket for the connection
+        dropping.  ``on_waiting`` and ``do_watch`` wake it; back to listening,
+        it hands the actor what it may have missed: every waiter is retried,
+        and the event log is read on from the oldest watched group's view.
+        """
         listen = conn.listen
         query = sql.SQL("SELECT seq, grp, kind, member FROM {} WHERE namespace = %s AND seq > %s ORDER BY seq").format(
             sql.Identifier(self.options.extra.get("table_prefix", "coordactors_") + "events")).as_string(listen)
+        channel = sql.Identifier(self._channel_of(namespace))
+        toggle = {True: sql.SQL("LISTEN {}").format(channel).as_string(listen),
+                  False: sql.SQL("UNLISTEN {}").format(channel).as_string(listen)}
+        listening, missed = True, False
         try:
             fd = listen.fileno()
             while not conn.stopping.is_set():
-                readable, _, _ = select.select([fd], [], [], 1.0)
+                # resting first, then the look at the session's state: an
+                # on_waiting in between sees resting set and pokes.
+                conn.resting = True
+                if self._views or self._waiters or self._campaigns:
+                    conn.resting = False
+                if conn.resting == listening:
+                    with listen.cursor() as cur:
+                        cur.execute(toggle[not listening])
+                    listening = not listening
+                    missed = missed or listening
+                readable, _, _ = select.select([fd, conn.wake_r], [], [], 0 if missed or conn.catch_up else 1.0)
                 if conn.stopping.is_set():
                     return
-                if not readable:
-                    continue
-                listen.poll()
+                if conn.wake_r in readable:
+                    os.read(conn.wake_r, 4096)
+                if fd in readable:
+                    listen.poll()
+                if listen.closed:
+                    raise psycopg2.OperationalError("the listening connection closed")
                 notes, listen.notifies[:] = list(listen.notifies), []
+                if not listening:
+                    continue
                 freed = sorted({n.payload[1:] for n in notes if n.payload.startswith("f")})
-                # Only a session with waiters acts on a freed lock: waking the
-                # actor for every release in the namespace cost each request a
-                # thread switch.  (A waiter registered just after is covered by
-                # its own second try, see _on_acquire.)
-                if freed and (self._waiters or self._campaigns):
+                if missed and (self._waiters or self._campaigns):
+                    freed = None  # every waiter: a lock may have been freed while nobody listened
+                # Only a session with waiters acts on a freed lock.  (A waiter
+                # registered just after is covered by its own second try, see
+                # _on_acquire.)
+                if (freed or freed is None) and (self._waiters or self._campaigns):
                     self.run_on_actor(self._on_freed, conn, freed)
-                if any(n.payload == "e" for n in notes):
+                catch_up, conn.catch_up = conn.catch_up, False
+                # Events matter only to a session that watches a group.  A
+                # watch reads its group's snapshot first, so reading on from
+                # the oldest view's number misses nothing it needs.
+                views = list(self._views.values())
+                if views and (missed or catch_up or any(n.payload == "e" for n in notes)):
                     with listen.cursor() as cur:
-                        cur.execute(query, (namespace, last_seq))
+                        cur.execute(query, (namespace, max(last_seq, min(view[0] for view in views))))
                         rows = cur.fetchall()
                     if rows:
                         last_seq = rows[-1][0]
                         self.run_on_actor(self._on_events, conn, rows)
-                if listen.closed:
-                    raise psycopg2.OperationalError("the listening connection closed")
+                missed = False
         except Exception as exc:  # noqa: BLE001 - any failure here ends the session
             if not conn.stopping.is_set():
                 self.run_on_actor(self._reader_failed, conn, exc)
+
+    def on_waiting(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.resting:
+            conn.poke()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
             raise errors.BackendUnavailable(f"lost the LISTEN connection to {self.url}: {self._scrub(str(exc))}")
 
-    def _on_freed(self, conn: _Connection, names: list[str]) -> None:
+    def _on_freed(self, conn: _Connection, names: list[str] | None) -> None:
         if conn is self.conn:
             self.wake(names)
 
