@@ -132,3 +132,30 @@ def test_tls_and_sentinel_options_are_parsed_and_passed_through():
     assert "pw" not in repr(options) and options.password == "pw"
     _cls, options = parse_url("redis://s1:26379?sentinel=mymaster&sentinel_fallback=s2:26379,s3:26380")
     assert options.extra["sentinel_fallback"] == [("s2", 26379), ("s3", 26380)]
+
+
+def test_a_resting_reader_reads_on_from_where_it_stopped(coordinators, url):
+    from coordactors.events import MemberJoined
+
+    holder, waiter, watcher, other = (coordinators(name, url) for name in ("holder", "waiter", "watcher", "other"))
+    sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
+    # Nothing watched, nothing waited for: their readers rest (do not read the stream).
+    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+
+    # A member leaves and comes back while the watcher's reader rests: the
+    # watch's snapshot has it, and the stale leave is not reported.
+    holder.create_group("g")
+    other.join("g")
+    other.leave("g")
+    other.join("g")
+    seen = EventRecorder()
+    watcher.watch("g", seen)
+    holder.join("g")
+    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
+    assert seen.events == [MemberJoined("g", "holder")]
+
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = waiter.submit(Acquire("jobs", timeout=30))
+    holder.ask(Release(lease), block=True, timeout=10)
+    assert waiting.result(timeout=10).fence > lease.fence
+    wait_until(lambda: sessions["waiter"].conn.resting, timeout=10)  # nothing waits any more

@@ -90,6 +90,15 @@ class _Connection:
         self.reader = reader
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.resting = False
+        """The reader does not read the stream: the session neither watches nor waits."""
+        self.wanted = threading.Event()
+        """Set to wake a resting reader."""
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 class RedisSession(Coalescing, SessionActor):
@@ -165,8 +174,6 @@ class RedisSession(Coalescing, SessionActor):
         reader = self._new_client(socket_timeout=None)
         return _Connection(client, reader)
 
-    _follows_events = False
-
     def _on_acquire(self, msg: Any, call: Any) -> Any:
         result = super()._on_acquire(msg, call)
         if result is _PENDING:
@@ -187,6 +194,8 @@ class RedisSession(Coalescing, SessionActor):
         client = self.conn.client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in
                          ("JOIN", "LEAVE", "UPDATE", "MEMBERS", "DELETE_GROUP", "ACQUIRE", "RELEASE", "REFRESH")}
+        self._watch_from: dict[str, tuple[int, int]] = {}
+        """Watched group -> the stream's last entry before its snapshot."""
         last = client.xrevrange(self._stream, count=1)
         start = last[0][0] if last else "0-0"
         conn = self.conn
@@ -198,6 +207,7 @@ class RedisSession(Coalescing, SessionActor):
         if conn is None:
             return
         conn.stopping.set()
+        conn.wanted.set()
         # Closing the reader's socket ends its blocking XREAD at once.
         conn.reader.connection_pool.disconnect()
         if conn.thread is not None and conn.thread is not threading.current_thread():
@@ -206,8 +216,28 @@ class RedisSession(Coalescing, SessionActor):
         conn.client.close()
 
     def _follow_stream(self, conn: _Connection, last_id: str) -> None:
-        """Reader thread: follow the stream, hand entries to the actor."""
+        """Reader thread: follow the stream, hand entries to the actor.
+
+        While the session neither watches a group nor waits for a lock it
+        rests instead of reading: an entry per release and per change in the
+        namespace woke this thread, which cost each request of the session a
+        thread switch.  ``on_waiting`` and ``do_watch`` wake it, and it reads
+        on from where it stopped: the stream kept what came meanwhile."""
+        rested = False
         while not conn.stopping.is_set():
+            # resting first, then the look at the session's state: an
+            # on_waiting in between sees resting set and wakes it.
+            conn.wanted.clear()
+            conn.resting = True
+            if not (self._waiters or self._campaigns or self._watch_from):
+                rested = True
+                conn.wanted.wait(1.0)
+                continue
+            conn.resting = False
+            if rested and (self._waiters or self._campaigns):
+                # Beyond the stream's length nothing is kept: retry every waiter once.
+                self.run_on_actor(self._on_entries, conn, [])
+            rested = False
             try:
                 batches = conn.reader.xread({self._stream: last_id}, block=1000, count=1000)
             except Exception as exc:  # noqa: BLE001 - a socket closed under redis-py raises ValueError too
@@ -230,7 +260,12 @@ class RedisSession(Coalescing, SessionActor):
         ``_on_acquire``; watching starts before the watch's snapshot.)"""
         if fields.get("k") == "free":
             return bool(self._waiters or self._campaigns)
-        return self._follows_events
+        return bool(self._watch_from)
+
+    def on_waiting(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.resting:
+            conn.wanted.set()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
@@ -239,14 +274,17 @@ class RedisSession(Coalescing, SessionActor):
     def _on_entries(self, conn: _Connection, entries: list[tuple[str, dict[str, str]]]) -> None:
         if conn is not self.conn:
             return
+        if not entries:
+            self.wake()  # the reader rested and may have passed over freed locks
+            return
         freed = []
-        for _id, fields in entries:
+        for entry_id, fields in entries:
             group, kind, member = fields.get("g", ""), fields.get("k", ""), fields.get("m", "")
             if kind == "free":
                 freed.append(group)
                 continue
-            if group not in self._snapshots:
-                continue
+            if group not in self._snapshots or _stream_id(entry_id) <= self._watch_from.get(group, (0, 0)):
+                continue  # not watched, or older than the watch's snapshot
             members, leader = self._snapshots[group]
             if kind == "join" and member not in members:
                 self._snapshots[group] = (members | {member}, leader)
@@ -480,11 +518,16 @@ class RedisSession(Coalescing, SessionActor):
             self.resync(group)
 
     def do_watch(self, group: str) -> None:
-        self._follows_events = True
+        # Where the stream stood before the snapshot: entries up to there are
+        # in it (a reader that rested hands over older ones too).
+        last = self.conn.client.xrevrange(self._stream, count=1)
+        self._watch_from[group] = _stream_id(last[0][0]) if last else (0, 0)
+        self.on_waiting()
         self.snapshot(group)
 
     def do_unwatch(self, group: str) -> None:
         self.forget_snapshot(group)
+        self._watch_from.pop(group, None)
 
     def translate_error(self, exc: BaseException) -> errors.CoordinationError:
         if isinstance(exc, redis.exceptions.AuthenticationError):
