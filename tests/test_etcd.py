@@ -417,3 +417,49 @@ def test_connect_stop_cycles_leave_no_thread_or_socket_behind(url):
 def test_characteristics_make_no_linearizability_claim(coordinators, url):
     coord = coordinators("a", url)
     assert coord.characteristics == {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS}
+
+
+class _GatedEvent(threading.Event):
+    """A reader's ``wanted``: while the gate is shut, a resting reader stays resting."""
+
+    def __init__(self, gate: threading.Event, held: threading.Event) -> None:
+        super().__init__()
+        self._gate, self._held = gate, held
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._gate.is_set():
+            self._held.set()
+            assert self._gate.wait(30)
+        return super().wait(timeout)
+
+
+def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) -> None:
+    # session_ttl=90, heartbeat_interval=30: within the test's bounds no
+    # heartbeat retries the waiter -- only the reader's catch-up can.
+    slow = url + "&session_ttl=90&heartbeat_interval=30"
+    holder, waiter, watcher = (coordinators(name, slow) for name in ("holder", "waiter", "watcher"))
+    sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
+    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+
+    # The waiter's reader is held resting while the lock is freed behind its back.
+    gate, held = threading.Event(), threading.Event()
+    conn = sessions["waiter"].conn
+    conn.wanted = _GatedEvent(gate, held)
+    conn.wanted.set()  # out of its current wait, into the gated one
+    assert held.wait(10)
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = waiter.submit(Acquire("jobs", timeout=30))
+    wait_until(lambda: sessions["waiter"]._waiters, timeout=10)
+    holder.ask(Release(lease), block=True, timeout=10)  # its delete event reaches no reader
+    gate.set()
+    assert waiting.result(timeout=10).fence > lease.fence
+    holder.ask(Acquire("other"), block=True, timeout=10)  # an event ends the reader's long poll...
+    wait_until(lambda: conn.resting, timeout=10)  # ...and, as nothing waits any more, it rests
+
+    # A watch wakes a resting reader too, and its events arrive.
+    seen = EventRecorder()
+    holder.create_group("g")
+    watcher.watch("g", seen)
+    holder.join("g")
+    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
+    assert not sessions["watcher"].conn.resting

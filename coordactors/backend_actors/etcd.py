@@ -242,6 +242,10 @@ class _Connection:
         self.index = index
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.resting = False
+        """The reader does not long-poll: the session neither watches nor waits."""
+        self.wanted = threading.Event()
+        """Set to wake a resting reader."""
 
 
 class _View:
@@ -391,6 +395,7 @@ class EtcdSession(SessionActor):
         if conn is None:
             return
         conn.stopping.set()
+        conn.wanted.set()
         conn.watch.abort()  # ends the reader's long poll at once
         if conn.thread is not None and conn.thread is not threading.current_thread():
             conn.thread.join(5)
@@ -727,15 +732,36 @@ class EtcdSession(SessionActor):
     # -- events ---------------------------------------------------------------------------------
 
     def _follow(self, conn: _Connection, index: int) -> None:
-        """Reader thread: long-poll etcd's event history, one event per reply."""
+        """Reader thread: long-poll etcd's event history, one event per reply.
+
+        While the session neither watches a group nor waits for a lock it
+        rests instead of polling: every change in the namespace -- each of the
+        session's own acquires, releases, joins -- took a reply, a new poll
+        and a hand-over to the actor.  ``on_waiting`` and ``do_watch`` wake it;
+        it then goes on from etcd's current index, and the actor re-reads the
+        watched groups and retries every waiter (as after a gap)."""
         query = {"wait": "true", "recursive": "true"}
         # With several servers, a long poll that broke (its server died, lost
         # the leader) is sent again to another: it is a read, from the same
         # index, so nothing is missed.  Each try connects to the next server.
         retries = 2 * len(self._endpoints) if len(self._endpoints) > 1 else 0
         failures = 0
+        rested = False
         while not conn.stopping.is_set():
+            # resting first, then the look at the session's state: an
+            # on_waiting in between sees resting set and wakes it.
+            conn.wanted.clear()
+            conn.resting = True
+            if not (self._views or self._waiters or self._campaigns):
+                rested = True
+                conn.wanted.wait(1.0)
+                continue
+            conn.resting = False
             try:
+                if rested:
+                    now, _reply = conn.watch.request("GET", self._root)
+                    index, rested = now + 1, False
+                    self.run_on_actor(self._on_gap, conn, now, False)
                 _index, event = conn.watch.request("GET", self._root, query={**query, "waitIndex": index})
             except EtcdError as exc:
                 if exc.code == INDEX_CLEARED and not conn.stopping.is_set():
@@ -766,10 +792,18 @@ class EtcdSession(SessionActor):
         if conn is self.conn:
             self.fail(f"lost the event stream of {self.url}: {type(exc).__name__}: {exc}")
 
-    def _on_gap(self, conn: _Connection, index: int) -> None:
+    def on_waiting(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.resting:
+            conn.wanted.set()
+
+    def _on_gap(self, conn: _Connection, index: int, cleared: bool = True) -> None:
+        """The reader goes on from ``index`` after a gap (etcd cleared the
+        events it had not read, or it rested): re-read, and retry, everything."""
         if conn is not self.conn:
             return
-        logger.info("%r: etcd cleared the events this session had not read; re-reading the watched groups", self)
+        if cleared:
+            logger.info("%r: etcd cleared the events this session had not read; re-reading the watched groups", self)
         self._applied = index
         self._resync_all()
         self.wake()
@@ -867,6 +901,7 @@ class EtcdSession(SessionActor):
         from the last event applied)."""
         if group not in self._views:
             self._views[group] = self._look(group)
+            self.on_waiting()
 
     def do_unwatch(self, group: str) -> None:
         self._views.pop(group, None)
