@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["wait_until"]
+__all__ = ["BusySession", "wait_until"]
 
 
 def wait_until(
@@ -32,3 +33,21 @@ def wait_until(
             text = f"condition {name} still false after {timeout}s"
             raise AssertionError(f"{text}: {detail}" if detail else text)
         time.sleep(interval)
+
+
+class BusySession:
+    """Keeps a session actor's thread busy until ``release`` (bounded), so
+    that requests sent meanwhile are known to queue up together."""
+
+    def __init__(self, session: Any) -> None:
+        self.started = threading.Event()
+        self._go = threading.Event()
+        session.run_on_actor(self._hold)
+        assert self.started.wait(30), "the session never ran the blocking call"
+
+    def _hold(self) -> None:
+        self.started.set()
+        self._go.wait(30)
+
+    def release(self) -> None:
+        self._go.set()

@@ -9,7 +9,6 @@ purpose so the queue is known to hold every request before it is served.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -17,29 +16,13 @@ import pytest
 from coordactors import errors
 from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.messages import Acquire, Release
+from helpers import BusySession
 
 BOUND = 30
 
 
 def _session(coord: Any) -> Any:
     return coord._route.session._actor_weakref()
-
-
-class _Busy:
-    """Keeps a session's actor thread busy until ``release`` (bounded)."""
-
-    def __init__(self, session: Any) -> None:
-        self.started = threading.Event()
-        self._go = threading.Event()
-        session.run_on_actor(self._hold)
-        assert self.started.wait(BOUND), "the session never ran the blocking call"
-
-    def _hold(self) -> None:
-        self.started.set()
-        self._go.wait(BOUND)
-
-    def release(self) -> None:
-        self._go.set()
 
 
 def _count_batches(session: Any) -> list[int]:
@@ -64,7 +47,7 @@ def test_queued_lock_requests_each_get_their_own_answer(connect: Any) -> None:
     session = _session(shared)
     sizes = _count_batches(session)
 
-    busy = _Busy(session)
+    busy = BusySession(session)
     free = [shared.submit(Acquire(f"free-{i}")) for i in range(6)]
     refused = shared.submit(Acquire("taken", timeout=0))
     released = shared.submit(Release(held))
@@ -95,7 +78,7 @@ def test_queued_lock_requests_each_get_their_own_answer(connect: Any) -> None:
     assert granted.fence > taken.fence
 
     # Releases queued together free every lock.
-    busy = _Busy(session)
+    busy = BusySession(session)
     releases = [shared.submit(Release(lease)) for lease in leases]
     busy.release()
     for future in releases:

@@ -428,3 +428,22 @@ def test_a_resting_reader_wakes_for_a_waiter_and_for_a_watch(coordinators, url, 
     holder.join("g")
     seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
     assert not sessions["watcher"].conn.resting
+
+
+def test_a_batch_of_releases_tells_apart_the_lease_lost_behind_its_back(coordinators, url, namespace, raw):
+    from helpers import BusySession
+
+    coord = coordinators("holder", url)
+    own = EventRecorder()
+    coord.subscribe(own)
+    kept, tampered = (coord.ask(Acquire(name), block=True, timeout=10) for name in ("kept", "tampered"))
+    with raw.cursor() as cur:  # someone else's hand on the row: the grant is no longer this session's
+        cur.execute("UPDATE coordactors_locks SET token = 'someone else' WHERE namespace = %s AND name = 'tampered'", (namespace,))
+    busy = BusySession(coord._route.session._actor_weakref())
+    releases = [coord.submit(Release(lease)) for lease in (kept, tampered)]
+    busy.release()
+    assert releases[0].result(timeout=10) is None
+    with pytest.raises(errors.LockNotHeld, match="had already been lost"):
+        releases[1].result(timeout=10)
+    own.wait_for(lambda events: any(isinstance(e, LockLost) and e.name == "tampered" for e in events), timeout=10)
+    assert not any(isinstance(e, LockLost) and e.name == "kept" for e in own.events)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import queue
 from typing import Any, ClassVar
 
+from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors.base import CONNECTED
 from coordactors.messages import Acquire, Lease, Release
@@ -81,7 +82,12 @@ class Coalescing:
 
     def batch_item(self, msg: Any, names: set[str]) -> Any:
         """What ``flush_batch`` needs to serve ``msg`` in a batch (locks already
-        named in the run: ``names``), or ``NOT_BATCHED``; default: nothing is."""
+        named in the run: ``names``), or ``NOT_BATCHED``.  The default batches
+        plain acquires (item None) and releases of held leases (the lease)."""
+        if type(msg) is Acquire and self.batchable_acquire(msg, names):
+            return None
+        if type(msg) is Release and self.batchable_release(msg, names):
+            return self._leases[msg.name]  # type: ignore[attr-defined]
         return NOT_BATCHED
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
@@ -108,6 +114,36 @@ class Coalescing:
         lease = self._leases.get(msg.name)  # type: ignore[attr-defined]
         wanted = msg.name_or_lease if isinstance(msg.name_or_lease, Lease) else None
         return msg.name not in names and lease is not None and (wanted is None or wanted.fence == lease.fence)
+
+    # -- answering a batch, as the usual path would --------------------------
+
+    def settle_acquire(self, call: Call, fence: int | None, sent_at: float, ttl: float | None = None, held: bool = True) -> None:
+        """Answer a batched acquire: granted with ``fence``; else refused (a
+        try-lock of a lock ``held`` by another), else served the usual way
+        (it waits, or meets what only the usual path handles)."""
+        msg = call.message
+        if fence is not None:
+            self._deliver(call, self._hold(msg.name, fence, ttl, sent_at))  # type: ignore[attr-defined]
+        elif msg.timeout == 0 and held:
+            self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))  # type: ignore[attr-defined]
+        else:
+            self._serve(call)  # type: ignore[attr-defined]
+
+    def settle_release(self, call: Call, lease: Lease, released: bool) -> None:
+        """Answer a batched release of ``lease``: done, or found lost on the backend."""
+        del self._leases[lease.name]  # type: ignore[attr-defined]
+        if released:
+            self._end_lease(lease, "released")  # type: ignore[attr-defined]
+            self._deliver(call, None)  # type: ignore[attr-defined]
+        else:
+            self._lose(lease, "the backend no longer held it at release")  # type: ignore[attr-defined]
+            self._reject(call, errors.LockNotHeld(  # type: ignore[attr-defined]
+                f"cannot release {lease.name!r}: fence {lease.fence} had already been lost on the backend"))
+
+    def retry_freed(self, names: list[str]) -> None:
+        """After a batch released ``names``: their waiters here may take them."""
+        if names and self._waiters:  # type: ignore[attr-defined]
+            self._run_guarded(self._retry_waiters, names)  # type: ignore[attr-defined]
 
     def _handle_envelope(self, envelope: Any) -> None:
         # What pykka's loop does with one envelope; an error of a told

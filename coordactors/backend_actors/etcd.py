@@ -76,6 +76,8 @@ Mechanisms:
   last event it applied.  etcd keeps the last 1000 events: a reader further
   behind gets ``401 index cleared``, re-reads the watched groups and reports
   the differences (changes that came and went in the gap are not seen).
+  While the session neither watches nor waits, its reader rests (no long
+  poll); woken, it goes on from etcd's current index as after a gap.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ from coordactors import errors
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors._keepalive import CONNECT_FAILED, KeepAliveSession
 from coordactors._protocol import Call
-from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
+from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -687,14 +687,6 @@ class Etcd3Session(Coalescing, SessionActor):
 
     # -- coalescing --------------------------------------------------------------
 
-    def batch_item(self, msg: Any, names: set[str]) -> Any:
-        """Plain acquires (None) and releases of held leases (the lease) go into one transaction."""
-        if type(msg) is Acquire and self.batchable_acquire(msg, names):
-            return None
-        if type(msg) is Release and self.batchable_release(msg, names):
-            return self._leases[msg.name]
-        return NOT_BATCHED
-
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         floor, epoch_revision = self._epoch
         same_epoch = {"key": _b64(self._ns + "epoch"), "target": "CREATE", "result": "EQUAL", "create_revision": str(epoch_revision)}
@@ -719,26 +711,17 @@ class Etcd3Session(Coalescing, SessionActor):
             return
         freed = []
         for (call, lease), result in zip(run, results):
-            msg = call.message
             succeeded = bool(result.get("succeeded"))
             if lease is not None:
-                del self._leases[msg.name]
-                freed.append(msg.name)
-                if succeeded:
-                    self._end_lease(lease, "released")
-                    self._deliver(call, None)
-                else:
-                    self._lose(lease, "the backend no longer held it at release")
-                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {lease.fence} had already been lost on the backend"))
-            elif succeeded:
-                # Every put of the transaction happened at its revision: the key's create_revision.
-                self._deliver(call, self._hold(msg.name, floor + revision, None, sent_at))
-            elif msg.timeout == 0 and self._held_by_another(msg.name, result):
-                self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
+                freed.append(lease.name)
+                self.settle_release(call, lease, succeeded)
             else:
-                self._serve(call)  # waits, or meets what the usual path handles (a new epoch, a foreign value, a key of ours on a lost lease)
-        if freed and self._waiters:
-            self._run_guarded(self._retry_waiters, freed)
+                # Every put of the transaction happened at its revision: the key's create_revision.
+                # A refusal that was not another's hold (a new epoch, a foreign value, a key of
+                # ours on a lost lease) is served the usual way, which handles it.
+                self.settle_acquire(call, floor + revision if succeeded else None, sent_at,
+                                    held=not succeeded and self._held_by_another(call.message.name, result))
+        self.retry_freed(freed)
 
     def _held_by_another(self, name: str, result: dict[str, Any]) -> bool:
         """Whether a refused nested acquire found the lock held, as do_try_acquire would judge it."""

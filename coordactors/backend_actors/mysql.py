@@ -721,15 +721,19 @@ class MySQLSession(Coalescing, SessionActor):
                 continue
             if result == 1 and msg.name in fences:
                 self._held[msg.name] = fences[msg.name]
-                self._deliver(call, self._hold(msg.name, fences[msg.name], None, sent_at))
+                self.settle_acquire(call, fences[msg.name], sent_at)
             elif result == 1:  # no fence row: should not happen; give the lock back, take the usual path
                 self._give_back([msg.name])
                 self._serve(call)
-            elif msg.timeout == 0:
-                self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
             else:
-                self._serve(call)  # waits, the usual way
-        self._finish_releases(run, results)
+                self.settle_acquire(call, None, sent_at)
+        freed = []
+        for (call, lease), result in zip(run, results):
+            if lease is not None:
+                self._held.pop(lease.name, None)
+                freed.append(lease.name)
+                self.settle_release(call, lease, result == 1)
+        self.retry_freed(freed)
 
     def _give_back(self, names: list[str]) -> None:
         """After a failed batch: free the locks it may have taken (RELEASE_LOCK
@@ -740,24 +744,6 @@ class MySQLSession(Coalescing, SessionActor):
             self._one("SELECT " + ", ".join(["RELEASE_LOCK(%s)"] * len(names)), [self._key(name) for name in names])
         except Exception:  # noqa: BLE001
             logger.debug("%r: could not free %r after a failed batch", self, names, exc_info=True)
-
-    def _finish_releases(self, run: list[tuple[Call, Any]], results: list[Any]) -> None:
-        freed = []
-        for (call, lease), result in zip(run, results):
-            if lease is None:
-                continue
-            name = call.message.name
-            self._held.pop(name, None)
-            del self._leases[name]
-            freed.append(name)
-            if result == 1:
-                self._end_lease(lease, "released")
-                self._deliver(call, None)
-            else:
-                self._lose(lease, "the backend no longer held it at release")
-                self._reject(call, errors.LockNotHeld(f"cannot release {name!r}: fence {lease.fence} had already been lost on the backend"))
-        if freed and self._waiters:
-            self._run_guarded(self._retry_waiters, freed)
 
     def do_release(self, name: str, fence: int) -> bool:
         if self._held.get(name) != fence:

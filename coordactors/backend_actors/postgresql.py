@@ -60,7 +60,10 @@ Mechanisms:
   then NOTIFYs.  A reader thread per session LISTENs on a dedicated
   connection (``select()`` on its socket), reads ``seq > last_seen`` there on
   each wake-up and hands the rows to the actor: events arrive complete and in
-  order.  Writers trim the log to ``EVENTS_KEPT`` entries.
+  order.  Writers trim the log to ``EVENTS_KEPT`` entries.  While the session
+  neither watches nor waits, the reader rests (``UNLISTEN``: a NOTIFY per
+  change in the namespace no longer wakes it) and only watches its socket for
+  the connection dropping.
 * failure: the reader sees the connection drop at once, and a statement that
   hangs for ``query_timeout`` (a stopped server) gets its socket shut down by
   a watchdog; either fails the session -- every lease gets ``LockLost`` --
@@ -86,7 +89,7 @@ from psycopg2 import sql
 
 from coordactors import errors
 from coordactors._protocol import Call
-from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
+from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -160,6 +163,8 @@ class _Connection:
         """The reader does not listen: the session neither watches nor waits."""
         self.catch_up = False
         """A watch began: the reader reads the event log on (see ``do_watch``)."""
+        self.prepared: set[str] = set()
+        """Statements prepared on ``cmd`` (see ``PostgreSQLSession.PREPARED``)."""
         self.wake_r, self.wake_w = os.pipe()
 
     def poke(self) -> None:
@@ -593,77 +598,71 @@ class PostgreSQLSession(Coalescing, SessionActor):
 
     # -- coalescing --------------------------------------------------------------
 
-    def batch_item(self, msg: Any, names: set[str]) -> Any:
-        """Plain acquires (None) and releases of held leases (the lease) go into one statement."""
-        if type(msg) is Acquire and self.batchable_acquire(msg, names):
-            return None
-        if type(msg) is Release and self.batchable_release(msg, names):
-            return self._leases[msg.name]
-        return NOT_BATCHED
-
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
-        # One statement: a data-modifying CTE per acquire (the grant of
-        # do_try_acquire) and per release (do_release's), results in one row.
-        parts, columns = [], []
-        params: dict[str, Any] = {"ns": self._ns, "floor": fence_floor(), "m": self.member_id, "tok": self.session_token, "ch": self._channel}
-        for i, (call, lease) in enumerate(run):
-            params[f"n{i}"] = call.message.name
-            if lease is None:
-                params[f"k{i}"] = lock_key(self._ns, call.message.name)
-                parts.append(
-                    f"l{i} AS (SELECT pg_try_advisory_lock(%(k{i})s) AS ok), "
-                    f"a{i} AS (INSERT INTO {{locks}} AS k (namespace, name, key, fence, holder, token, pid) "
-                    f"SELECT %(ns)s, %(n{i})s, %(k{i})s, %(floor)s, %(m)s, %(tok)s, pg_backend_pid() FROM l{i} WHERE l{i}.ok "
-                    "ON CONFLICT (namespace, name) DO UPDATE SET fence = k.fence + 1, key = EXCLUDED.key, "
-                    f"holder = EXCLUDED.holder, token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING fence)")
-                columns.append(f"(SELECT fence FROM a{i})")
-            else:
-                params[f"f{i}"] = lease.fence
-                parts.append(
-                    f"r{i} AS (UPDATE {{locks}} SET holder = NULL, token = NULL, pid = NULL WHERE namespace = %(ns)s "
-                    f"AND name = %(n{i})s AND fence = %(f{i})s AND token = %(tok)s AND pid = pg_backend_pid() RETURNING key)")
-                columns.append(f"(SELECT pg_advisory_unlock(key) FROM r{i}), (SELECT pg_notify(%(ch)s, 'f' || %(n{i})s) FROM r{i})")
-        conn = self.conn
+        # One prepared statement whatever the batch: do_try_acquire's grant
+        # for each name of one array, do_release's for each of another.
+        acquires = [call.message.name for call, lease in run if lease is None]
+        releases = [(call.message.name, lease.fence) for call, lease in run if lease is not None]
         sent_at = time.monotonic()
         try:
-            query = sql.SQL("WITH " + ", ".join(parts) + " SELECT " + ", ".join(columns)).format(**self._t).as_string(conn.cmd)
-            conn.busy_since = sent_at
-            try:
-                with conn.cmd.cursor() as cur:
-                    cur.execute(query, params)
-                    row = list(cur.fetchone())
-            finally:
-                conn.busy_since = None
+            rows = self._execute_prepared("batch", (
+                self._ns, acquires, [lock_key(self._ns, name) for name in acquires], fence_floor(), self.member_id,
+                self.session_token, [name for name, _fence in releases], [fence for _name, fence in releases], self._channel))
         except Exception:  # noqa: BLE001 - the usual path reports it, call by call
-            self._give_back([call.message.name for call, lease in run if lease is None])
+            self._give_back(acquires)
             for call, _lease in run:
                 self._serve(call)
             return
+        granted = {name: int(value) for is_grant, name, value, _notified in rows if is_grant}
+        released = {name for is_grant, name, value, _notified in rows if not is_grant and value}
         freed = []
         for call, lease in run:
-            msg = call.message
+            name = call.message.name
             if lease is None:
-                fence = row.pop(0)
-                if fence is not None:
-                    self._contended.discard(msg.name)
-                    self._deliver(call, self._hold(msg.name, int(fence), None, sent_at))
-                elif msg.timeout == 0:
-                    self._contended.add(msg.name)
-                    self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
+                fence = granted.get(name)
+                if fence is None:
+                    self._contended.add(name)
                 else:
-                    self._serve(call)  # waits, the usual way
+                    self._contended.discard(name)
+                self.settle_acquire(call, fence, sent_at)
             else:
-                released, _notified = row.pop(0), row.pop(0)
-                del self._leases[msg.name]
-                freed.append(msg.name)
-                if released:
-                    self._end_lease(lease, "released")
-                    self._deliver(call, None)
-                else:
-                    self._lose(lease, "the backend no longer held it at release")
-                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {lease.fence} had already been lost on the backend"))
-        if freed and self._waiters:
-            self._run_guarded(self._retry_waiters, freed)
+                freed.append(name)
+                self.settle_release(call, lease, name in released)
+        self.retry_freed(freed)
+
+    # Statements prepared on each command connection (planning the batch
+    # statement cost more than running it).  name -> (parameter types, body).
+    PREPARED: ClassVar[dict[str, tuple[str, str]]] = {
+        "batch": (
+            "(text, text[], bigint[], bigint, text, text, text[], bigint[], text)",
+            "WITH want AS (SELECT u.n, u.k FROM unnest($2::text[], $3::bigint[]) AS u(n, k) WHERE pg_try_advisory_lock(u.k)), "
+            "granted AS (INSERT INTO {locks} AS l (namespace, name, key, fence, holder, token, pid) "
+            "SELECT $1, w.n, w.k, $4, $5, $6, pg_backend_pid() FROM want w "
+            "ON CONFLICT (namespace, name) DO UPDATE SET fence = l.fence + 1, key = EXCLUDED.key, holder = EXCLUDED.holder, "
+            "token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING l.name, l.fence), "
+            "freed AS (UPDATE {locks} l SET holder = NULL, token = NULL, pid = NULL FROM unnest($7::text[], $8::bigint[]) AS v(n, f) "
+            "WHERE l.namespace = $1 AND l.name = v.n AND l.fence = v.f AND l.token = $6 AND l.pid = pg_backend_pid() "
+            "RETURNING l.name, l.key) "
+            "SELECT true, name, fence, NULL::text FROM granted "
+            "UNION ALL SELECT false, name, pg_advisory_unlock(key)::int, pg_notify($9, 'f' || name)::text FROM freed",
+        ),
+    }
+
+    def _execute_prepared(self, name: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run prepared statement ``name`` (preparing it on first use on this connection)."""
+        conn = self.conn
+        types, body = self.PREPARED[name]
+        statement = f"coordactors_{name}"
+        conn.busy_since = time.monotonic()
+        try:
+            with conn.cmd.cursor() as cur:
+                if name not in conn.prepared:
+                    cur.execute(f"PREPARE {statement}{types} AS " + self._sql(body))
+                    conn.prepared.add(name)
+                cur.execute(f"EXECUTE {statement}({', '.join(['%s'] * len(args))})", args)
+                return list(cur.fetchall())
+        finally:
+            conn.busy_since = None
 
     def _give_back(self, names: list[str]) -> None:
         """After a failed batch: advisory locks outlive a failed statement; free those it may have taken."""

@@ -29,6 +29,9 @@ Mechanisms (see ``redis_scripts`` for each script's contract):
   actor: events are pushed, in the order Redis applied them, and lock
   releases wake waiters at once.  The heartbeat reconciles watched groups
   (reaping expired members), so a member that died silently still leaves.
+  While the session neither watches nor waits, its reader rests (reads
+  nothing) and later reads on from where it stopped; a watch skips entries
+  from before its snapshot.
 """
 
 from __future__ import annotations
@@ -346,27 +349,15 @@ class RedisSession(Coalescing, SessionActor):
             elif isinstance(result, Exception):
                 self._reject(call, self._translated(result))
             elif kind == "acquire":
-                if result is not None:
-                    self._deliver(call, self._hold(msg.name, int(result), data, sent_at))
-                elif msg.timeout == 0:
-                    self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))
-                else:
-                    self._serve(call)  # waits, the usual way
+                self.settle_acquire(call, None if result is None else int(result), sent_at, data)
             elif kind == "release":
-                del self._leases[msg.name]
                 freed.append(msg.name)
-                if result:
-                    self._end_lease(data, "released")
-                    self._deliver(call, None)
-                else:
-                    self._lose(data, "the backend no longer held it at release")
-                    self._reject(call, errors.LockNotHeld(f"cannot release {msg.name!r}: fence {data.fence} had already been lost on the backend"))
+                self.settle_release(call, data, bool(result))
             elif result is None:
                 self._reject(call, errors.GroupNotFound(f"cannot list the members of {msg.group!r}: no such group"))
             else:
                 self._deliver(call, frozenset(result))
-        if freed and self._waiters:
-            self._run_guarded(self._retry_waiters, freed)
+        self.retry_freed(freed)
 
     # -- keys -------------------------------------------------------------------
 
