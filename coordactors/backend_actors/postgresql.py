@@ -552,25 +552,18 @@ class PostgreSQLSession(Coalescing, SessionActor):
 
     def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
         key = lock_key(self._ns, name)
-        grant = (
-            "WITH l AS (SELECT pg_try_advisory_lock(%(key)s) AS ok) "
-            "INSERT INTO {locks} AS k (namespace, name, key, fence, holder, token, pid) "
-            "SELECT %(ns)s, %(name)s, %(key)s, %(floor)s, %(m)s, %(tok)s, pg_backend_pid() FROM l WHERE l.ok "
-            "ON CONFLICT (namespace, name) DO UPDATE SET fence = k.fence + 1, key = EXCLUDED.key, "
-            "holder = EXCLUDED.holder, token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING fence"
-        )
-        params = {"key": key, "ns": self._ns, "name": name, "floor": fence_floor(), "m": self.member_id, "tok": self.session_token}
-        leader = name.startswith(RESERVED_LOCK_PREFIX)
+        args = (key, self._ns, name, fence_floor(), self.member_id, self.session_token)
         try:
-            if leader:
+            if name.startswith(RESERVED_LOCK_PREFIX):
                 def body() -> Any:
-                    row = self._run(grant, params, fetch="one")
-                    if row is not None:
+                    rows = self._execute_prepared("grant", args)
+                    if rows:
                         self._append([(name[len(RESERVED_LOCK_PREFIX):], "leader", self.member_id)])
-                    return row
-                row = self._transaction(body)
+                    return rows
+                rows = self._transaction(body)
             else:
-                row = self._run(grant, params, fetch="one")
+                rows = self._execute_prepared("grant", args)
+            row = rows[0] if rows else None
         except psycopg2.OperationalError:
             raise
         except Exception:
@@ -633,6 +626,23 @@ class PostgreSQLSession(Coalescing, SessionActor):
     # Statements prepared on each command connection (planning the batch
     # statement cost more than running it).  name -> (parameter types, body).
     PREPARED: ClassVar[dict[str, tuple[str, str]]] = {
+        # do_try_acquire's grant: (key, namespace, name, fence floor, member, token) -> fence, if granted
+        "grant": (
+            "(bigint, text, text, bigint, text, text)",
+            "WITH l AS (SELECT pg_try_advisory_lock($1) AS ok) "
+            "INSERT INTO {locks} AS k (namespace, name, key, fence, holder, token, pid) "
+            "SELECT $2, $3, $1, $4, $5, $6, pg_backend_pid() FROM l WHERE l.ok "
+            "ON CONFLICT (namespace, name) DO UPDATE SET fence = k.fence + 1, key = EXCLUDED.key, "
+            "holder = EXCLUDED.holder, token = EXCLUDED.token, pid = EXCLUDED.pid RETURNING fence",
+        ),
+        # do_release: (namespace, name, fence, token, channel) -> (unlocked, notified) if the row was this grant
+        "release": (
+            "(text, text, bigint, text, text)",
+            "WITH r AS (UPDATE {locks} SET holder = NULL, token = NULL, pid = NULL WHERE namespace = $1 AND name = $2 "
+            "AND fence = $3 AND token = $4 AND pid = pg_backend_pid() RETURNING key) "
+            "SELECT (SELECT pg_advisory_unlock(key) FROM r), (SELECT pg_notify($5, 'f' || $2) FROM r)",
+        ),
+        # flush_batch: grant every name of $2 (keys $3), release every (name, fence) of $7, $8
         "batch": (
             "(text, text[], bigint[], bigint, text, text, text[], bigint[], text)",
             "WITH want AS (SELECT u.n, u.k FROM unnest($2::text[], $3::bigint[]) AS u(n, k) WHERE pg_try_advisory_lock(u.k)), "
@@ -653,13 +663,16 @@ class PostgreSQLSession(Coalescing, SessionActor):
         conn = self.conn
         types, body = self.PREPARED[name]
         statement = f"coordactors_{name}"
+        query = f"EXECUTE {statement}({', '.join(['%s'] * len(args))})"
         conn.busy_since = time.monotonic()
         try:
             with conn.cmd.cursor() as cur:
                 if name not in conn.prepared:
                     cur.execute(f"PREPARE {statement}{types} AS " + self._sql(body))
                     conn.prepared.add(name)
-                cur.execute(f"EXECUTE {statement}({', '.join(['%s'] * len(args))})", args)
+                if self._begin_pending:  # see _run
+                    query, self._begin_pending = "BEGIN; " + query, False
+                cur.execute(query, args)
                 return list(cur.fetchall())
         finally:
             conn.busy_since = None
@@ -685,14 +698,8 @@ class PostgreSQLSession(Coalescing, SessionActor):
             self.wake(sorted(names))
 
     def do_release(self, name: str, fence: int) -> bool:
-        row = self._run(
-            "WITH r AS (UPDATE {locks} SET holder = NULL, token = NULL, pid = NULL WHERE namespace = %(ns)s AND name = %(name)s "
-            "AND fence = %(fence)s AND token = %(tok)s AND pid = pg_backend_pid() RETURNING key) "
-            "SELECT (SELECT pg_advisory_unlock(key) FROM r), (SELECT pg_notify(%(ch)s, 'f' || %(name)s) FROM r)",
-            {"ns": self._ns, "name": name, "fence": fence, "tok": self.session_token, "ch": self._channel},
-            fetch="one",
-        )
-        return bool(row and row[0])
+        rows = self._execute_prepared("release", (self._ns, name, fence, self.session_token, self._channel))
+        return bool(rows and rows[0][0])
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         # The connection lives (this statement ran on it), so its advisory locks do too;
