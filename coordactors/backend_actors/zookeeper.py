@@ -146,6 +146,14 @@ def decode_name(node: str) -> str:
     return urllib.parse.unquote(node)
 
 
+def decode_names(nodes: list[str]) -> frozenset[str]:
+    """:func:`decode_name` of each node; names with nothing escaped (the
+    usual case, checked at once for all) are taken as they are."""
+    if "%" not in "".join(nodes):
+        return frozenset(nodes)
+    return frozenset(map(urllib.parse.unquote, nodes))
+
+
 def kazoo_hosts(options: SessionOptions) -> str:
     """The URL's hosts as kazoo's ``host:port,host:port`` (port 2181 by default)."""
     return ",".join(f"{host}:{port}" for host, port in url_hosts(options, DEFAULT_PORT))
@@ -646,7 +654,7 @@ class ZooKeeperSession(Coalescing, SessionActor):
             children = self._get_children(self._group_path(group))
         except kx.NoNodeError:
             raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group") from None
-        return frozenset(decode_name(c[len(MEMBER) :]) for c in children if c.startswith(MEMBER))
+        return decode_names([c[len(MEMBER) :] for c in children if c.startswith(MEMBER)])
 
     def do_get_capabilities(self, group: str, member: str) -> str:
         try:
