@@ -182,7 +182,8 @@ class Coordinator:
         if timeout is None:
             return await future
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):  # lighter than wait_for, which wraps the future in a task
+                return await future
         except TimeoutError:
             raise errors.OperationTimedOut(f"{type(message).__name__}: no reply within {timeout}s; the request was abandoned") from None
 
