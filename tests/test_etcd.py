@@ -463,3 +463,42 @@ def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) 
     holder.join("g")
     seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
     assert not sessions["watcher"].conn.resting
+
+
+def test_requests_sent_at_once_on_lanes_fail_one_by_one(coordinators: Any, url: str) -> None:
+    from helpers import BusySession
+
+    coord, other = coordinators("shared", url), coordinators("other", url)
+    session = coord._route.session._actor_weakref()
+    leases = {name: coord.ask(Acquire(name), block=True, timeout=10) for name in ("a", "b", "c")}
+    real_release, real_acquire = session.do_release, session.do_try_acquire
+    failed_once: set[str] = set()
+
+    def on_lane() -> bool:
+        return threading.current_thread().name.startswith("EtcdLane")
+
+    def release(name: str, fence: int) -> bool:
+        if on_lane() and name == "b":
+            raise errors.InvalidArgument("refused on purpose")
+        return real_release(name, fence)
+
+    def try_acquire(name: str, ttl: float | None) -> int | None:
+        if on_lane() and name == "y" and name not in failed_once:
+            failed_once.add(name)
+            raise errors.InvalidArgument("refused on purpose")
+        return real_acquire(name, ttl)
+
+    session.do_release, session.do_try_acquire = release, try_acquire
+    busy = BusySession(session)
+    releases = {name: coord.submit(Release(lease)) for name, lease in leases.items()}
+    acquires = {name: coord.submit(Acquire(name, timeout=0)) for name in ("x", "y", "z")}
+    busy.release()
+    assert releases["a"].result(timeout=10) is None and releases["c"].result(timeout=10) is None
+    with pytest.raises(errors.InvalidArgument, match="refused on purpose"):
+        releases["b"].result(timeout=10)
+    # The failed acquire went the usual way (on the actor thread) and was granted.
+    assert {name: future.result(timeout=10).name for name, future in acquires.items()} == {"x": "x", "y": "y", "z": "z"}
+    assert failed_once == {"y"}
+    for name in ("a", "c"):
+        other.ask(Release(other.ask(Acquire(name, timeout=0), block=True, timeout=10)), block=True, timeout=10)
+    assert coord.statistics()["leases"] == 3  # x, y, z: b's lease went with its failed release, as on the usual path

@@ -83,22 +83,26 @@ Mechanisms:
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import http.client
 import json
 import logging
 import math
 import socket
 import threading
+import time
 import urllib.parse
 from typing import Any
 
 from coordactors import errors
+from coordactors._protocol import Call
+from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors._keepalive import closed_by_peer
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
-from coordactors.messages import Lease
+from coordactors.messages import Acquire, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, seconds
 
@@ -248,6 +252,15 @@ class _Connection:
         """The reader does not long-poll: the session neither watches nor waits."""
         self.wanted = threading.Event()
         """Set to wake a resting reader."""
+        self.lanes: list[_Http] = []
+        """Connections of their own for requests queued together (see ``flush_batch``)."""
+        self.lane_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def close_lanes(self) -> None:
+        if self.lane_threads is not None:
+            self.lane_threads.shutdown(wait=True)
+        for lane in self.lanes:
+            lane.close()
 
 
 class _View:
@@ -267,7 +280,7 @@ def _namespace(value: str, what: str) -> str:
     return "/".join(parts)
 
 
-class EtcdSession(SessionActor):
+class EtcdSession(Coalescing, SessionActor):
     """Session of ``etcd://``: TTL keys and the event history of etcd's v2 API.
 
     Threads: ``open`` runs on the runtime's blocking executor (connects,
@@ -277,7 +290,16 @@ class EtcdSession(SessionActor):
     membership or lease (v2 has no multi-key request).  The reader thread
     (``EtcdEvents[<member>]``) only long-polls and hands each event to the
     actor with ``run_on_actor``; ``close`` shuts its socket down and joins it.
+
+    Acquires and releases queued together (many callers sharing the
+    coordinator) are sent at once, as etcd v2 has no transaction to put them
+    in: up to ``LANES`` connections of their own, each on a thread of its
+    own, run ``do_try_acquire`` and ``do_release`` for a share of the batch
+    while the actor waits; the answers are then given in order.
     """
+
+    COALESCED = frozenset({Acquire, Release})
+    LANES = 8
 
     CHARACTERISTICS = frozenset({C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS})
     DEFAULTS = {"session_ttl": 30.0}
@@ -301,6 +323,10 @@ class EtcdSession(SessionActor):
         self._timeout = self.options.extra.get("request_timeout", min(5.0, max(0.5, ttl / 4)))
         self._epoch = 0
         self._max_index = 0
+        self._saw_lock = threading.Lock()
+        self._sent_at_index: int | None = None
+        self._lane = threading.local()
+        """On a lane's thread: ``http``, the lane's connection (see ``flush_batch``)."""
         self._applied: int | None = None
         """The etcd index up to which the actor has applied events (the last
         event's, or where the reader started): a new reader resumes after it,
@@ -402,6 +428,7 @@ class EtcdSession(SessionActor):
         if conn.thread is not None and conn.thread is not threading.current_thread():
             conn.thread.join(5)
         conn.watch.close()
+        conn.close_lanes()
         conn.http.close()
 
     # -- requests ------------------------------------------------------------------
@@ -411,7 +438,7 @@ class EtcdSession(SessionActor):
         if conn is None:
             raise errors.BackendUnavailable(f"no connection to {self.url}")
         try:
-            index, reply = conn.http.request(method, key, form=form, query=query)
+            index, reply = getattr(self._lane, "http", conn.http).request(method, key, form=form, query=query)
         except EtcdError as exc:
             if exc.status >= 500:
                 # No leader (an election, a member cut off): the keys live on
@@ -432,11 +459,15 @@ class EtcdSession(SessionActor):
         return True
 
     def _saw(self, index: int) -> None:
-        if index < self._max_index:
-            raise errors.BackendUnavailable(
-                f"etcd's index on {self.url} went back from {self._max_index} to {index}: its data was lost; reconnecting"
-            )
-        self._max_index = index
+        with self._saw_lock:
+            # Requests sent at once (flush_batch) may be answered in any
+            # order: they are held to the index seen before they were sent.
+            floor = self._max_index if self._sent_at_index is None else self._sent_at_index
+            if index < floor:
+                raise errors.BackendUnavailable(
+                    f"etcd's index on {self.url} went back from {floor} to {index}: its data was lost; reconnecting"
+                )
+            self._max_index = max(self._max_index, index)
 
     def _get(self, key: str) -> dict[str, Any] | None:
         """The node at ``key``, or None if there is none."""
@@ -679,6 +710,51 @@ class EtcdSession(SessionActor):
                 if not self._still_mine(name, held, exc):
                     return False
         return False
+
+    # -- requests queued together, sent at once --------------------------------------------
+
+    def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
+        conn = self.conn
+        shares = [run[lane::self.LANES] for lane in range(min(self.LANES, len(run)))]
+        while len(conn.lanes) < len(shares):
+            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
+        if conn.lane_threads is None:
+            conn.lane_threads = concurrent.futures.ThreadPoolExecutor(self.LANES, thread_name_prefix=f"EtcdLane[{self.member_id}]")
+        sent_at = time.monotonic()
+        self._sent_at_index = self._max_index
+        try:
+            futures = [conn.lane_threads.submit(self._on_lane, lane, share) for lane, share in zip(conn.lanes, shares)]
+            outcomes = {id(call): outcome for future in futures for call, outcome in future.result()}
+        finally:
+            self._sent_at_index = None
+        freed = []
+        for call, lease in run:
+            ok, value = outcomes[id(call)]
+            if lease is None:
+                if ok:
+                    self.settle_acquire(call, value, sent_at)
+                else:
+                    self._serve(call)  # the usual path meets (and reports) the failure, or finds its own key
+            elif ok:
+                freed.append(lease.name)
+                self.settle_release(call, lease, value)
+            else:
+                del self._leases[lease.name]  # as when the usual path's release fails
+                self._reject(call, value if isinstance(value, errors.CoordinationError) else self._translated(value))
+        self.retry_freed(freed)
+
+    def _on_lane(self, lane: _Http, share: list[tuple[Call, Any]]) -> list[tuple[Call, tuple[bool, Any]]]:
+        """A lane's thread: this share of a batch, one request after another on the lane's connection."""
+        self._lane.http = lane
+        done: list[tuple[Call, tuple[bool, Any]]] = []
+        for call, lease in share:
+            try:
+                value = self.do_try_acquire(call.message.name, None) if lease is None else self.do_release(lease.name, lease.fence)
+            except Exception as exc:  # noqa: BLE001 - answered on the actor thread
+                done.append((call, (False, exc)))
+            else:
+                done.append((call, (True, value)))
+        return done
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         """One refresh per lease (etcd v2 has no multi-key request)."""
