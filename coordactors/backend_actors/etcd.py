@@ -92,7 +92,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 from coordactors import errors
 from coordactors._protocol import Call
@@ -714,22 +714,11 @@ class EtcdSession(Coalescing, SessionActor):
     # -- requests queued together, sent at once --------------------------------------------
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
-        conn = self.conn
-        shares = [run[lane::self.LANES] for lane in range(min(self.LANES, len(run)))]
-        while len(conn.lanes) < len(shares):
-            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
-        if conn.lane_threads is None:
-            conn.lane_threads = concurrent.futures.ThreadPoolExecutor(self.LANES, thread_name_prefix=f"EtcdLane[{self.member_id}]")
         sent_at = time.monotonic()
-        self._sent_at_index = self._max_index
-        try:
-            futures = [conn.lane_threads.submit(self._on_lane, lane, share) for lane, share in zip(conn.lanes, shares)]
-            outcomes = {id(call): outcome for future in futures for call, outcome in future.result()}
-        finally:
-            self._sent_at_index = None
+        outcomes = self._on_lanes(run, lambda item: self.do_try_acquire(item[0].message.name, None) if item[1] is None
+                                  else self.do_release(item[1].name, item[1].fence))
         freed = []
-        for call, lease in run:
-            ok, value = outcomes[id(call)]
+        for (call, lease), (ok, value) in zip(run, outcomes):
             if lease is None:
                 if ok:
                     self.settle_acquire(call, value, sent_at)
@@ -743,27 +732,61 @@ class EtcdSession(Coalescing, SessionActor):
                 self._reject(call, value if isinstance(value, errors.CoordinationError) else self._translated(value))
         self.retry_freed(freed)
 
-    def _on_lane(self, lane: _Http, share: list[tuple[Call, Any]]) -> list[tuple[Call, tuple[bool, Any]]]:
-        """A lane's thread: this share of a batch, one request after another on the lane's connection."""
+    def _on_lanes(self, items: list[Any], work: Callable[[Any], Any]) -> list[tuple[bool, Any]]:
+        """Run ``work(item)`` for every item, up to ``LANES`` at once, each
+        lane on a connection and a thread of its own; return each item's
+        (True, result) or (False, exception), in order."""
+        conn = self.conn
+        shares = [list(range(lane, len(items), self.LANES)) for lane in range(min(self.LANES, len(items)))]
+        while len(conn.lanes) < len(shares):
+            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
+        if conn.lane_threads is None:
+            conn.lane_threads = concurrent.futures.ThreadPoolExecutor(self.LANES, thread_name_prefix=f"EtcdLane[{self.member_id}]")
+        outcomes: list[tuple[bool, Any]] = [(False, None)] * len(items)
+        self._sent_at_index = self._max_index
+        try:
+            futures = [conn.lane_threads.submit(self._lane_share, lane, [items[i] for i in share], work)
+                       for lane, share in zip(conn.lanes, shares)]
+            for share, future in zip(shares, futures):
+                for index, outcome in zip(share, future.result()):
+                    outcomes[index] = outcome
+        finally:
+            self._sent_at_index = None
+        return outcomes
+
+    def _lane_share(self, lane: _Http, items: list[Any], work: Callable[[Any], Any]) -> list[tuple[bool, Any]]:
+        """A lane's thread: ``work`` on each item, one request after another on the lane's connection."""
         self._lane.http = lane
-        done: list[tuple[Call, tuple[bool, Any]]] = []
-        for call, lease in share:
+        done: list[tuple[bool, Any]] = []
+        for item in items:
             try:
-                value = self.do_try_acquire(call.message.name, None) if lease is None else self.do_release(lease.name, lease.fence)
+                done.append((True, work(item)))
             except Exception as exc:  # noqa: BLE001 - answered on the actor thread
-                done.append((call, (False, exc)))
-            else:
-                done.append((call, (True, value)))
+                done.append((False, exc))
         return done
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
-        """One refresh per lease (etcd v2 has no multi-key request)."""
+        """One refresh per lease (etcd v2 has no multi-key request), up to
+        ``LANES`` at once."""
+        mine = []
         lost = set()
         for lease in leases:
             held = self._held.get(lease.name)
-            if held is None or self._epoch + held[0] != lease.fence or not self._refresh_lock(lease, held):
-                self._held.pop(lease.name, None)
+            if held is None or self._epoch + held[0] != lease.fence:
                 lost.add((lease.name, lease.fence))
+            else:
+                mine.append((lease, held))
+        if len(mine) <= 1:
+            outcomes = [(True, self._refresh_lock(*item)) for item in mine]
+        else:
+            outcomes = self._on_lanes(mine, lambda item: self._refresh_lock(*item))
+        for (lease, _held), (ok, refreshed) in zip(mine, outcomes):
+            if not ok:
+                raise refreshed
+            if not refreshed:
+                lost.add((lease.name, lease.fence))
+        for name, _fence in lost:
+            self._held.pop(name, None)
         return lost
 
     def _refresh_lock(self, lease: Lease, held: list[int]) -> bool:
