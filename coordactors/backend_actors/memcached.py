@@ -211,7 +211,7 @@ _ERRORS: tuple[tuple[type[BaseException], type[errors.CoordinationError], str], 
 class _Connection:
     """A pymemcache client plus what was registered through it."""
 
-    __slots__ = ("client", "grants_from", "groups", "held", "meta", "token")
+    __slots__ = ("cas", "client", "grants_from", "groups", "held", "meta", "token")
 
     def __init__(self, client: Client, grants_from: float, meta: bool) -> None:
         self.client = client
@@ -221,6 +221,8 @@ class _Connection:
         """The coordinator's session token (stable across reconnects)."""
         self.held: dict[str, int] = {}
         """Locks taken through this connection: name -> fence."""
+        self.cas: dict[str, bytes] = {}
+        """Held lock -> the cas unique of this connection's own write of it, while known (meta protocol)."""
         self.groups: set[str] = set()
         """Groups joined (or reclaimed) through this connection: their member keys are refreshed."""
 
@@ -579,10 +581,16 @@ class MemcachedSession(SessionActor):
         self._sightings.pop(key, None)
         fence = self._next_fence(name)
         value = self._lock_value(conn, fence, ttl)
-        stored = client.add(key, value, expire=self._exptime(ttl)) if raw is None else client.cas(key, value, cas, expire=self._exptime(ttl))
+        written = None
+        if raw is None:
+            stored, written = self._add(key, value, self._exptime(ttl))
+        else:
+            stored = client.cas(key, value, cas, expire=self._exptime(ttl))
         if not stored:
             return None  # someone else got in between (or the holder refreshed); the fence is skipped, never reused
         conn.held[name] = fence
+        if written is not None:
+            conn.cas[name] = written
         if name.startswith(RESERVED_LOCK_PREFIX):
             self._log_leader(name[len(RESERVED_LOCK_PREFIX) :])
         return fence
@@ -646,8 +654,31 @@ class MemcachedSession(SessionActor):
     def do_release(self, name: str, fence: int) -> bool:
         return self._release(self.conn, name, fence)
 
+    def _add(self, key: str, value: bytes, expire: int) -> tuple[bool, bytes | None]:
+        """``add``: whether it stored, and (meta protocol) the cas unique of what it wrote."""
+        client = self.conn.client
+        if not self.conn.meta:
+            return bool(client.add(key, value, expire=expire, noreply=False)), None
+        reply = client.raw_command(b"ms %s %d ME c T%d\r\n%s" % (key.encode("ascii"), len(value), expire, value))
+        status, *flags = reply.split() or [b""]
+        if status == b"HD":
+            return True, next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
+        if status == b"NS":
+            return False, None
+        raise MemcacheServerError(f"unexpected reply to ms: {reply[:40]!r}")
+
     def _release(self, conn: _Connection, name: str, fence: int) -> bool:
         key = self.keys.lock(name)
+        written = conn.cas.pop(name, None)
+        if written is not None and conn.held.get(name) == fence:
+            # Unchanged since this connection wrote it: delete it in one round trip.
+            reply = conn.client.raw_command(b"md " + key.encode("ascii") + b" C" + written)
+            if reply in (b"HD", b"NF"):
+                del conn.held[name]
+                return reply == b"HD"
+            if reply != b"EX":
+                raise MemcacheServerError(f"unexpected reply to md: {reply[:40]!r}")
+            # Written since (a refresh, or another's takeover): look, as below.
         raw, cas = conn.client.gets(key)
         released = _owned_by(raw, conn, fence) and bool(self._delete_if_unchanged(key, cas))
         if conn.held.get(name) == fence:
@@ -677,6 +708,8 @@ class MemcachedSession(SessionActor):
         for name, fence in lost:
             if conn.held.get(name) == fence:
                 del conn.held[name]
+        for lease in leases:
+            conn.cas.pop(lease.name, None)  # rewritten: a new cas unique, not known here
         return lost
 
     def do_lock_holder(self, name: str) -> str | None:
