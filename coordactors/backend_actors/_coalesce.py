@@ -1,8 +1,10 @@
 """Coalescing: a session serves the requests queued behind the current one together.
 
 When many callers share one coordinator, requests pile up in the session's
-inbox while it waits on a round trip.  A backend that can pipeline (a Redis
-pipeline, one SQL round trip) mixes in :class:`Coalescing`: on a request of a
+inbox while it waits on a round trip.  A backend that can serve several at
+once (a Redis pipeline, one SQL statement, one etcd transaction, requests in
+flight together on ZooKeeper's or etcd v2's connections) mixes in
+:class:`Coalescing`: on a request of a
 type in ``COALESCED`` it takes every request of such types already queued
 (up to ``MAX_BATCH``) and hands them to ``serve_batch``, which the backend
 implements with as few round trips as it can.  Anything else queued is
