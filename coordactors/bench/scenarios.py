@@ -34,9 +34,12 @@ def heartbeat(fixture: Fixture, contender: str, leases: int, *, iterations: int)
     names = [fixture.fresh("hb") for _ in range(leases)]
     if contender == "ask":
         with coordactors.connect(fixture.url, fixture.fresh("member")) as coord:
-            futures = [coord.submit(Acquire(name), timeout=REQUEST_TIMEOUT) for name in names]
+            # All queued at once: a backend that serves them one by one (Consul's
+            # fake agent, ~30 ms each) needs more than one request's timeout.
+            hold_timeout = max(REQUEST_TIMEOUT, leases * 0.1)
+            futures = [coord.submit(Acquire(name), timeout=hold_timeout) for name in names]
             for future in futures:
-                future.result(REQUEST_TIMEOUT)
+                future.result(hold_timeout)
             return run_callers([lambda: coord.ask(Heartbeat(), block=True, timeout=REQUEST_TIMEOUT)],
                                iterations=iterations, duration=60, warmup=1)
     if contender == "raw":
