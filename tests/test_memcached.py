@@ -419,3 +419,44 @@ def test_the_declared_characteristics_make_no_linearizability_claim(coordinators
         C.DISTRIBUTED_ACROSS_PROCESSES,
         C.DISTRIBUTED_ACROSS_HOSTS,
     }
+
+
+def test_queued_acquires_and_releases_are_pipelined_and_answered_one_by_one(coordinators, url, raw):
+    from helpers import BusySession
+
+    coord, other = coordinators("a", url), coordinators("b", url)
+    names = [f"job-{i}" for i in range(6)]
+    earlier = {}
+    for name in names:  # their fence counters exist: the pipelined grant, not the seeding usual path
+        lease = coord.ask(Acquire(name), block=True, timeout=10)
+        earlier[name] = lease.fence
+        coord.ask(Release(lease), block=True, timeout=10)
+    taken = other.ask(Acquire("taken"), block=True, timeout=10)
+    mine = {name: coord.ask(Acquire(name), block=True, timeout=10) for name in ("kept", "tampered")}
+    tampered_key = keys_for(url).lock("tampered")
+    raw.set(tampered_key, b"other-session:99:60000:b", expire=60)  # a's key expired and b took the lock
+
+    session = coord._route.session._actor_weakref()
+    pipelines = []
+    pipeline = session._pipeline
+    session._pipeline = lambda commands: pipelines.append([c.split()[0] for c in commands]) or pipeline(commands)
+    busy = BusySession(session)
+    acquires = {name: coord.submit(Acquire(name)) for name in names}
+    refused = coord.submit(Acquire("taken", timeout=0))
+    releases = {name: coord.submit(Release(lease)) for name, lease in mine.items()}
+    busy.release()
+
+    for name, future in acquires.items():
+        assert future.result(timeout=10).fence > earlier[name]
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+    with pytest.raises(errors.LockTimeout):
+        refused.result(timeout=10)
+    assert releases["kept"].result(timeout=10) is None
+    with pytest.raises(errors.LockNotHeld):
+        releases["tampered"].result(timeout=10)
+    assert raw.get(tampered_key) == b"other-session:99:60000:b"  # the new holder is left alone
+    other.ask(Release(other.ask(Acquire("kept", timeout=0), block=True, timeout=10)), block=True, timeout=10)
+    # Two pipelines: the six fences, then the six adds with both releases.
+    assert pipelines == [[b"ma"] * 6, [b"ms"] * 6 + [b"md"] * 2]
+    other.ask(Release(taken), block=True, timeout=10)
