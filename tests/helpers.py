@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["BusySession", "wait_until"]
+__all__ = ["BusySession", "check_a_watch_wakes_a_resting_reader", "wait_until"]
 
 
 def wait_until(
@@ -51,3 +51,17 @@ class BusySession:
 
     def release(self) -> None:
         self._go.set()
+
+
+def check_a_watch_wakes_a_resting_reader(holder: Any, watcher: Any, session: Any) -> None:
+    """``watcher``'s reader rests (``session`` is its session actor): a watch
+    wakes it, and ``holder``'s join in the watched group arrives."""
+    from coordactors.events import MemberJoined
+    from coordactors.testing import EventRecorder
+
+    seen = EventRecorder()
+    holder.create_group("g")
+    watcher.watch("g", seen)
+    holder.join("g")
+    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
+    assert not session.conn.resting

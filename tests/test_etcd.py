@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import BusySession, check_a_watch_wakes_a_resting_reader, wait_until
 
 import coordactors
 from coordactors import errors
@@ -456,18 +456,10 @@ def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) 
     holder.ask(Acquire("other"), block=True, timeout=10)  # an event ends the reader's long poll...
     wait_until(lambda: conn.resting, timeout=10)  # ...and, as nothing waits any more, it rests
 
-    # A watch wakes a resting reader too, and its events arrive.
-    seen = EventRecorder()
-    holder.create_group("g")
-    watcher.watch("g", seen)
-    holder.join("g")
-    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
-    assert not sessions["watcher"].conn.resting
+    check_a_watch_wakes_a_resting_reader(holder, watcher, sessions["watcher"])
 
 
 def test_requests_sent_at_once_on_lanes_fail_one_by_one(coordinators: Any, url: str) -> None:
-    from helpers import BusySession
-
     coord, other = coordinators("shared", url), coordinators("other", url)
     session = coord._route.session._actor_weakref()
     leases = {name: coord.ask(Acquire(name), block=True, timeout=10) for name in ("a", "b", "c")}

@@ -25,7 +25,7 @@ from coordactors.messages import Acquire, Release
 from coordactors.testing import EventRecorder
 from coordactors.testing.pytest_plugin import memcached_server, start_or_skip  # noqa: F401  (fixture, used by name)
 from coordactors.testing.servers import MemcachedServer
-from helpers import wait_until
+from helpers import BusySession, wait_until
 
 FAST = "heartbeat_interval=0.05&backoff_initial=0.05&backoff_max=0.2"
 
@@ -422,8 +422,6 @@ def test_the_declared_characteristics_make_no_linearizability_claim(coordinators
 
 
 def test_queued_acquires_and_releases_are_pipelined_and_answered_one_by_one(coordinators, url, raw):
-    from helpers import BusySession
-
     coord, other = coordinators("a", url), coordinators("b", url)
     names = [f"job-{i}" for i in range(6)]
     earlier = {}

@@ -10,7 +10,7 @@ import uuid
 
 import psycopg2
 import pytest
-from helpers import wait_until
+from helpers import BusySession, check_a_watch_wakes_a_resting_reader, wait_until
 
 import coordactors
 from coordactors import errors
@@ -422,17 +422,10 @@ def test_a_resting_reader_wakes_for_a_waiter_and_for_a_watch(coordinators, url, 
     assert waiting.result(timeout=10).fence > lease.fence
     wait_until(lambda: sessions["waiter"].conn.resting, timeout=10)  # nothing waits any more
 
-    seen = EventRecorder()
-    holder.create_group("g")
-    watcher.watch("g", seen)
-    holder.join("g")
-    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
-    assert not sessions["watcher"].conn.resting
+    check_a_watch_wakes_a_resting_reader(holder, watcher, sessions["watcher"])
 
 
 def test_a_batch_of_releases_tells_apart_the_lease_lost_behind_its_back(coordinators, url, namespace, raw):
-    from helpers import BusySession
-
     coord = coordinators("holder", url)
     own = EventRecorder()
     coord.subscribe(own)
