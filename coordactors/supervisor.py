@@ -115,8 +115,15 @@ class SupervisorLink:
         """Record a state change, or tell the supervisor ``message``."""
         if type(message) in _LEDGER_MESSAGES:
             self._ledger.apply(message)
-        else:
+            return
+        try:
             self._ref.tell(message)
+        except pykka.ActorDeadError:
+            # The coordinator stopped: its supervisor is gone and stops this
+            # session next.  Raising here would crash the session before it
+            # closed its connection (a session that reconnected just then
+            # left its connection and event reader behind).
+            logger.debug("the supervisor is gone; dropped %r", message)
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any]:

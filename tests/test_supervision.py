@@ -154,3 +154,22 @@ def test_reconnects_back_off_while_the_backend_stays_broken(tmp_path):
         own.wait_for(lambda events: any(isinstance(e, SessionRestored) for e in events))
         assert len(own.of_type(SessionLost)) == 1  # one outage, one report
         assert coord.members("g") == {"worker"}
+
+
+def test_a_session_outliving_its_supervisor_by_a_moment_does_not_crash_on_telling_it() -> None:
+    # The coordinator stopped while its session was reconnecting: the session
+    # tells a supervisor that is gone.  That must not raise (a crash there left
+    # the new connection and its event reader open), and state changes are
+    # still recorded.
+    import pykka
+
+    from coordactors._protocol import DesiredJoin, Publish
+    from coordactors.supervisor import Ledger, SupervisorLink
+
+    ref = pykka.ThreadingActor.start()
+    ref.stop()
+    ledger = Ledger()
+    link = SupervisorLink(ref, ledger)
+    link.tell(Publish(MemberJoined("g", "a")))
+    link.tell(DesiredJoin("g", "null"))
+    assert ledger.joined == {"g": "null"}
