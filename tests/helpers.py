@@ -64,4 +64,4 @@ def check_a_watch_wakes_a_resting_reader(holder: Any, watcher: Any, session: Any
     watcher.watch("g", seen)
     holder.join("g")
     seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
-    assert not session.conn.resting
+    assert not session.conn.rest.resting

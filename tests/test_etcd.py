@@ -439,13 +439,13 @@ def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) 
     slow = url + "&session_ttl=90&heartbeat_interval=30"
     holder, waiter, watcher = (coordinators(name, slow) for name in ("holder", "waiter", "watcher"))
     sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
-    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+    wait_until(lambda: all(session.conn is not None and session.conn.rest.resting for session in sessions.values()), timeout=10)
 
     # The waiter's reader is held resting while the lock is freed behind its back.
     gate, held = threading.Event(), threading.Event()
     conn = sessions["waiter"].conn
-    conn.wanted = _GatedEvent(gate, held)
-    conn.wanted.set()  # out of its current wait, into the gated one
+    conn.rest.wanted = _GatedEvent(gate, held)
+    conn.rest.wanted.set()  # out of its current wait, into the gated one
     assert held.wait(10)
     lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
     waiting = waiter.submit(Acquire("jobs", timeout=30))
@@ -454,7 +454,7 @@ def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) 
     gate.set()
     assert waiting.result(timeout=10).fence > lease.fence
     holder.ask(Acquire("other"), block=True, timeout=10)  # an event ends the reader's long poll...
-    wait_until(lambda: conn.resting, timeout=10)  # ...and, as nothing waits any more, it rests
+    wait_until(lambda: conn.rest.resting, timeout=10)  # ...and, as nothing waits any more, it rests
 
     check_a_watch_wakes_a_resting_reader(holder, watcher, sessions["watcher"])
 

@@ -410,7 +410,7 @@ def test_a_resting_reader_wakes_for_a_waiter_and_for_a_watch(coordinators, url, 
     holder, waiter, watcher = (coordinators(name, slow_retry) for name in ("holder", "waiter", "watcher"))
     sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
     # Nothing watched, nothing waited for: their readers rest (do not listen).
-    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+    wait_until(lambda: all(session.conn is not None and session.conn.rest.resting for session in sessions.values()), timeout=10)
     lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
     gate.clear()
     sessions["waiter"].conn.poke()
@@ -420,7 +420,7 @@ def test_a_resting_reader_wakes_for_a_waiter_and_for_a_watch(coordinators, url, 
     holder.ask(Release(lease), block=True, timeout=10)  # its NOTIFY reaches nobody listening
     gate.set()
     assert waiting.result(timeout=10).fence > lease.fence
-    wait_until(lambda: sessions["waiter"].conn.resting, timeout=10)  # nothing waits any more
+    wait_until(lambda: sessions["waiter"].conn.rest.resting, timeout=10)  # nothing waits any more
 
     check_a_watch_wakes_a_resting_reader(holder, watcher, sessions["watcher"])
 

@@ -140,7 +140,7 @@ def test_a_resting_reader_reads_on_from_where_it_stopped(coordinators, url):
     holder, waiter, watcher, other = (coordinators(name, url) for name in ("holder", "waiter", "watcher", "other"))
     sessions = {name: coord._route.session._actor_weakref() for name, coord in (("waiter", waiter), ("watcher", watcher))}
     # Nothing watched, nothing waited for: their readers rest (do not read the stream).
-    wait_until(lambda: all(session.conn is not None and session.conn.resting for session in sessions.values()), timeout=10)
+    wait_until(lambda: all(session.conn is not None and session.conn.rest.resting for session in sessions.values()), timeout=10)
 
     # A member leaves and comes back while the watcher's reader rests: the
     # watch's snapshot has it, and the stale leave is not reported.
@@ -158,4 +158,4 @@ def test_a_resting_reader_reads_on_from_where_it_stopped(coordinators, url):
     waiting = waiter.submit(Acquire("jobs", timeout=30))
     holder.ask(Release(lease), block=True, timeout=10)
     assert waiting.result(timeout=10).fence > lease.fence
-    wait_until(lambda: sessions["waiter"].conn.resting, timeout=10)  # nothing waits any more
+    wait_until(lambda: sessions["waiter"].conn.rest.resting, timeout=10)  # nothing waits any more

@@ -99,6 +99,7 @@ from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors._keepalive import closed_by_peer
+from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -248,10 +249,8 @@ class _Connection:
         self.index = index
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
-        self.resting = False
-        """The reader does not long-poll: the session neither watches nor waits."""
-        self.wanted = threading.Event()
-        """Set to wake a resting reader."""
+        self.rest = ReaderRest()
+        """The reader does not long-poll while the session neither watches nor waits."""
         self.lanes: list[_Http] = []
         """Connections of their own for requests queued together (see ``flush_batch``)."""
         self.lane_threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -423,7 +422,7 @@ class EtcdSession(Coalescing, SessionActor):
         if conn is None:
             return
         conn.stopping.set()
-        conn.wanted.set()
+        conn.rest.stop()
         conn.watch.abort()  # ends the reader's long poll at once
         if conn.thread is not None and conn.thread is not threading.current_thread():
             conn.thread.join(5)
@@ -849,15 +848,10 @@ class EtcdSession(Coalescing, SessionActor):
         failures = 0
         rested = False
         while not conn.stopping.is_set():
-            # resting first, then the look at the session's state: an
-            # on_waiting in between sees resting set and wakes it.
-            conn.wanted.clear()
-            conn.resting = True
-            if not (self._views or self._waiters or self._campaigns):
+            if conn.rest.settle(lambda: self._views or self._waiters or self._campaigns):
                 rested = True
-                conn.wanted.wait(1.0)
+                conn.rest.wait(1.0)
                 continue
-            conn.resting = False
             try:
                 if rested:
                     now, _reply = conn.watch.request("GET", self._root)
@@ -894,9 +888,8 @@ class EtcdSession(Coalescing, SessionActor):
             self.fail(f"lost the event stream of {self.url}: {type(exc).__name__}: {exc}")
 
     def on_waiting(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.resting:
-            conn.wanted.set()
+        if self.conn is not None:
+            self.conn.rest.wake()
 
     def _on_gap(self, conn: _Connection, index: int, cleared: bool = True) -> None:
         """The reader goes on from ``index`` after a gap (etcd cleared the

@@ -90,6 +90,7 @@ from psycopg2 import sql
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -159,13 +160,13 @@ class _Connection:
         self.stopping = threading.Event()
         self.busy_since: float | None = None
         self.timers: list[Any] = []
-        self.resting = False
-        """The reader does not listen: the session neither watches nor waits."""
         self.catch_up = False
         """A watch began: the reader reads the event log on (see ``do_watch``)."""
         self.prepared: set[str] = set()
         """Statements prepared on ``cmd`` (see ``PostgreSQLSession.PREPARED``)."""
         self.wake_r, self.wake_w = os.pipe()
+        self.rest = ReaderRest(poke=self.poke)
+        """The reader does not listen while the session neither watches nor waits."""
 
     def poke(self) -> None:
         """Any thread: wake the reader from its ``select``."""
@@ -806,12 +807,7 @@ class PostgreSQLSession(Coalescing, SessionActor):
         try:
             fd = listen.fileno()
             while not conn.stopping.is_set():
-                # resting first, then the look at the session's state: an
-                # on_waiting in between sees resting set and pokes.
-                conn.resting = True
-                if self._views or self._waiters or self._campaigns:
-                    conn.resting = False
-                if conn.resting == listening:
+                if conn.rest.settle(lambda: self._views or self._waiters or self._campaigns) == listening:
                     with listen.cursor() as cur:
                         cur.execute(toggle[not listening])
                     listening = not listening
@@ -854,9 +850,8 @@ class PostgreSQLSession(Coalescing, SessionActor):
                 self.run_on_actor(self._reader_failed, conn, exc)
 
     def on_waiting(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.resting:
-            conn.poke()
+        if self.conn is not None:
+            self.conn.rest.wake()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:

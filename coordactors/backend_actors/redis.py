@@ -52,6 +52,7 @@ from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
 from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
+from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -93,10 +94,8 @@ class _Connection:
         self.reader = reader
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
-        self.resting = False
-        """The reader does not read the stream: the session neither watches nor waits."""
-        self.wanted = threading.Event()
-        """Set to wake a resting reader."""
+        self.rest = ReaderRest()
+        """The reader does not read the stream while the session neither watches nor waits."""
 
 
 def _stream_id(entry_id: str) -> tuple[int, int]:
@@ -210,7 +209,7 @@ class RedisSession(Coalescing, SessionActor):
         if conn is None:
             return
         conn.stopping.set()
-        conn.wanted.set()
+        conn.rest.stop()
         # Closing the reader's socket ends its blocking XREAD at once.
         conn.reader.connection_pool.disconnect()
         if conn.thread is not None and conn.thread is not threading.current_thread():
@@ -228,15 +227,10 @@ class RedisSession(Coalescing, SessionActor):
         on from where it stopped: the stream kept what came meanwhile."""
         rested = False
         while not conn.stopping.is_set():
-            # resting first, then the look at the session's state: an
-            # on_waiting in between sees resting set and wakes it.
-            conn.wanted.clear()
-            conn.resting = True
-            if not (self._waiters or self._campaigns or self._watch_from):
+            if conn.rest.settle(lambda: self._waiters or self._campaigns or self._watch_from):
                 rested = True
-                conn.wanted.wait(1.0)
+                conn.rest.wait(1.0)
                 continue
-            conn.resting = False
             if rested and (self._waiters or self._campaigns):
                 # Beyond the stream's length nothing is kept: retry every waiter once.
                 self.run_on_actor(self._on_entries, conn, [])
@@ -266,9 +260,8 @@ class RedisSession(Coalescing, SessionActor):
         return bool(self._watch_from)
 
     def on_waiting(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.resting:
-            conn.wanted.set()
+        if self.conn is not None:
+            self.conn.rest.wake()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
