@@ -661,22 +661,14 @@ class PostgreSQLSession(Coalescing, SessionActor):
 
     def _execute_prepared(self, name: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run prepared statement ``name`` (preparing it on first use on this connection)."""
-        conn = self.conn
-        types, body = self.PREPARED[name]
         statement = f"coordactors_{name}"
-        query = f"EXECUTE {statement}({', '.join(['%s'] * len(args))})"
-        conn.busy_since = time.monotonic()
-        try:
-            with conn.cmd.cursor() as cur:
-                if name not in conn.prepared:
-                    cur.execute(f"PREPARE {statement}{types} AS " + self._sql(body))
-                    conn.prepared.add(name)
-                if self._begin_pending:  # see _run
-                    query, self._begin_pending = "BEGIN; " + query, False
-                cur.execute(query, args)
-                return list(cur.fetchall())
-        finally:
-            conn.busy_since = None
+        if name not in self.conn.prepared:
+            # A prepared statement outlives a rolled back transaction: this
+            # one may travel with a pending BEGIN.
+            types, body = self.PREPARED[name]
+            self._run(f"PREPARE {statement}{types} AS " + body, None, fetch="none")
+            self.conn.prepared.add(name)
+        return list(self._run(f"EXECUTE {statement}({', '.join(['%s'] * len(args))})", args))
 
     def _give_back(self, names: list[str]) -> None:
         """After a failed batch: advisory locks outlive a failed statement; free those it may have taken."""
@@ -825,13 +817,12 @@ class PostgreSQLSession(Coalescing, SessionActor):
                 if not listening:
                     continue
                 freed = sorted({n.payload[1:] for n in notes if n.payload.startswith("f")})
-                if missed and (self._waiters or self._campaigns):
-                    freed = None  # every waiter: a lock may have been freed while nobody listened
                 # Only a session with waiters acts on a freed lock.  (A waiter
                 # registered just after is covered by its own second try, see
-                # _on_acquire.)
-                if (freed or freed is None) and (self._waiters or self._campaigns):
-                    self.run_on_actor(self._on_freed, conn, freed)
+                # _on_acquire.)  Back from a rest, every waiter is retried: a
+                # lock may have been freed while nobody listened.
+                if (missed or freed) and (self._waiters or self._campaigns):
+                    self.run_on_actor(self._on_freed, conn, None if missed else freed)
                 catch_up, conn.catch_up = conn.catch_up, False
                 # Events matter only to a session that watches a group.  A
                 # watch reads its group's snapshot first, so reading on from
