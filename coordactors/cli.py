@@ -23,6 +23,7 @@ backends lazily), so a command starts in about 0.2 s.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import importlib
@@ -43,6 +44,7 @@ import attrs
 
 import coordactors
 from coordactors import errors
+from coordactors._signals import signals_blocked
 from coordactors.events import GROUP_EVENTS, Event, SessionLost, SessionRestored
 from coordactors.messages import Acquire, Lease, Release
 from coordactors.urls import redact
@@ -60,6 +62,7 @@ EX_CANNOT_EXECUTE = 126
 EX_COMMAND_NOT_FOUND = 127
 STOP_TIMEOUT = 5.0      # seconds `stop()` may take to release and leave at exit
 REQUEST_TIMEOUT = 30.0  # seconds a read (members, leader...) may take
+SIGNAL_CHECK = 0.25     # seconds between the main thread's looks for a stop signal it missed (see _wait)
 
 EXIT_STATUSES = """\
 exit statuses:
@@ -262,13 +265,26 @@ def _acquire(args: argparse.Namespace, coord: coordactors.Coordinator) -> Lease:
     return _ask_acquire(coord, Acquire(args.name, timeout))
 
 
+def _wait(done: Callable[[float], bool]) -> None:
+    """Main thread: wait until ``done(seconds)`` says so, in slices.
+
+    CPython runs a signal handler between bytecodes.  A signal that lands
+    just before the main thread blocks in a lock wait is noted but handled
+    only when the wait ends: waiting without a timeout, ``coordactors lock``
+    sat through a SIGTERM until the lock came (1 in 15 under load here).
+    Each slice's end runs what was missed."""
+    while not done(SIGNAL_CHECK):
+        pass
+
+
 def _ask_acquire(coord: coordactors.Coordinator, request: Acquire) -> Lease:
-    future = coord.ask(request)
+    future = coord.submit(request)
     try:
-        return future.get()  # type: ignore[no-any-return]
+        _wait(lambda seconds: bool(concurrent.futures.wait([future], seconds).done))
     except _Signalled:
-        future.abandon()  # a grant that arrives now is released by the session
+        future.cancel()  # a grant that arrives now is released by the session
         raise
+    return future.result()  # type: ignore[no-any-return]
 
 
 def _run_holding(args: argparse.Namespace, coord: coordactors.Coordinator, lease: Lease) -> int:
@@ -291,9 +307,10 @@ def _run_holding(args: argparse.Namespace, coord: coordactors.Coordinator, lease
         # set, and a LockLost event emitted, when the backend no longer
         # guarantees it).  The second is left waiting if the lease is never
         # lost; releasing the lease sets ``lost`` and ends it.
-        threading.Thread(target=lambda: (process.wait(), wake.set()), name="coordactors-lock-child", daemon=True).start()
-        threading.Thread(target=lambda: (lease.lost.wait(), wake.set()), name="coordactors-lock-lease", daemon=True).start()
-        wake.wait()
+        with signals_blocked():  # the main thread takes every signal (see coordactors._signals)
+            threading.Thread(target=lambda: (process.wait(), wake.set()), name="coordactors-lock-child", daemon=True).start()
+            threading.Thread(target=lambda: (lease.lost.wait(), wake.set()), name="coordactors-lock-lease", daemon=True).start()
+        _wait(wake.wait)
         if process.returncode is None:
             _say("lock", f"{_lost_cause(lease)}; the command was still running: stopping it (pid {process.pid})")
             child.stop(args.kill_after)
@@ -373,8 +390,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return EX_OK if args.count is None else EX_TEMPFAIL
-                try:
-                    event = inbox.get(timeout=remaining)
+                try:  # in slices, as _wait does
+                    event = inbox.get(timeout=SIGNAL_CHECK if remaining is None else min(remaining, SIGNAL_CHECK))
                 except queue.Empty:
                     continue
                 sys.stdout.write(_event_json(event) + "\n")

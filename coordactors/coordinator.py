@@ -32,6 +32,7 @@ from coordactors._protocol import (
     Shutdown,
     deadline_after,
 )
+from coordactors._signals import signals_blocked
 from coordactors.characteristics import Characteristics
 from coordactors.events import ALL
 from coordactors.messages import (
@@ -96,7 +97,6 @@ class Coordinator:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self._route = Route()
-        self._runtime = _runtime.acquire()
         self._supervisor: pykka.ActorRef[Any] | None = None
 
         def start_session(supervisor: pykka.ActorRef[Any], desired: Any, restarting: bool) -> pykka.ActorRef[Any]:
@@ -105,8 +105,13 @@ class Coordinator:
                 restarting=restarting, wait_while_down=wait_while_down, session_token=self._route.token,
             )
 
+        # Every other thread behind this coordinator is started by these (the
+        # runtime's and the supervisor's), so none takes the application's signals.
+        with signals_blocked():
+            self._runtime = _runtime.acquire()
         try:
-            self._supervisor = SupervisorActor.start(start_session, self._route, self._runtime, options)
+            with signals_blocked():
+                self._supervisor = SupervisorActor.start(start_session, self._route, self._runtime, options)
             connected = RequestFuture(f"connecting to {self.url}")
             self._supervisor.tell(Call(AwaitConnected(), connected))
             try:

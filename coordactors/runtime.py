@@ -18,9 +18,11 @@ from typing import Any, Callable
 import futurist
 from futurist import _utils as futurist_utils
 
+from coordactors._signals import signals_blocked
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Runtime", "SerialQueue", "Ticker", "Timer", "runtime"]
+__all__ = ["QuietThreadPool", "Runtime", "SerialQueue", "Ticker", "Timer", "runtime"]
 
 
 class Timer:
@@ -176,9 +178,9 @@ class Runtime:
             if self._users == 0:
                 self.ticker = Ticker()
                 # Blocking work: connects, waits on native blocking calls.
-                self.blocking = futurist.ThreadPoolExecutor(max_workers=32)
+                self.blocking = QuietThreadPool(max_workers=32)
                 # Subscriber callables: never on an actor's thread.
-                self.callbacks = futurist.ThreadPoolExecutor(max_workers=4)
+                self.callbacks = QuietThreadPool(max_workers=4)
             self._users += 1
             return self
 
@@ -200,6 +202,18 @@ class Runtime:
     def users(self) -> int:
         """How many coordinators are using the runtime."""
         return self._users
+
+
+class QuietThreadPool(futurist.ThreadPoolExecutor):
+    """futurist's pool whose workers take none of the application's signals.
+
+    It starts a worker when work is submitted, from whichever thread
+    submits -- the application's among them -- so the mask is set here (see
+    :mod:`coordactors._signals`)."""
+
+    def _add_thread(self) -> None:
+        with signals_blocked():
+            super()._add_thread()
 
 
 def _shutdown_promptly(executor: futurist.ThreadPoolExecutor) -> None:

@@ -62,6 +62,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
+from coordactors._signals import signals_blocked
+
 __all__ = ["FakeConsulAgent"]
 
 _DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
@@ -568,8 +570,9 @@ class FakeConsulAgent:
             threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"FakeConsul[{self.port}]", daemon=True),
             threading.Thread(target=self._reap, name=f"FakeConsulReaper[{self.port}]", daemon=True),
         ]
-        for thread in self._threads:
-            thread.start()
+        with signals_blocked():  # a stand-in for a separate agent process: the test's signals are not its own
+            for thread in self._threads:
+                thread.start()
         return self
 
     def _reap(self) -> None:
