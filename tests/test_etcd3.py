@@ -231,6 +231,39 @@ def test_a_freed_lock_wakes_its_waiter_through_the_watch_not_the_heartbeat(coord
     assert waiting.result(timeout=2).name == "jobs"
 
 
+def test_the_watch_reader_hands_the_session_only_what_it_acts_on(coordinators, url, monkeypatch):
+    from coordactors.backend_actors.etcd3 import Etcd3Session
+
+    handed: list[tuple[str, list[tuple[str, str, bytes, int]]]] = []
+    real = Etcd3Session._on_events
+
+    def counting(self, conn, events):
+        handed.append((self.member_id, events))
+        return real(self, conn, events)
+
+    monkeypatch.setattr(Etcd3Session, "_on_events", counting)
+    holder, watcher = coordinators("holder", url), coordinators("watcher", url)
+    # Nobody waits or watches: the session's own acquires and releases (and
+    # the other's) reach no actor.
+    for _ in range(3):
+        holder.ask(Release(holder.ask(Acquire("jobs"), block=True, timeout=10)), block=True, timeout=10)
+    holder.create_group("g")
+    holder.join("g")
+    holder.leave("g")
+    assert handed == []
+    # A watcher gets its group's events; a waiter the release it waits for.
+    seen = EventRecorder()
+    watcher.watch("g", seen)
+    holder.join("g")
+    seen.wait_for(lambda events: MemberJoined("g", "holder") in events, timeout=10)
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = watcher.submit(Acquire("jobs", timeout=10))
+    wait_until(lambda: watcher.statistics()["waiting"] == 1)
+    holder.ask(Release(lease), block=True, timeout=10)
+    assert waiting.result(timeout=10).name == "jobs"
+    assert {member for member, _events in handed} == {"watcher"}
+
+
 def test_a_lock_key_deleted_behind_the_holders_back_is_lost_at_the_next_refresh(coordinators, url, raw, namespace):
     coord = coordinators("a", url + "&heartbeat_interval=0.05")
     own = EventRecorder()

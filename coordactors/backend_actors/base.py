@@ -197,6 +197,11 @@ class SessionActor(pykka.ThreadingActor):
             (a ZooKeeper ephemeral node, a database connection): an explicit
             ``Acquire(ttl=...)`` is refused with NotSupported rather than
             silently ignored.
+        RETRY_ONCE_WAITING: True where the event reader drops the news of a
+            freed lock while the session has no waiter (it woke the actor
+            for every release in the namespace): a lock freed between a
+            waiter's failed try and its registration is caught by trying
+            once more, registered.
     """
 
     use_daemon_thread = True
@@ -205,6 +210,7 @@ class SessionActor(pykka.ThreadingActor):
     OPTIONS: ClassVar[dict[str, Callable[[str, str], Any]]] = {}
     POLLS: ClassVar[bool] = False
     LEASE_TTL: ClassVar[bool] = True
+    RETRY_ONCE_WAITING: ClassVar[bool] = False
 
     @staticmethod
     def _create_actor_inbox() -> CallInbox:
@@ -764,6 +770,8 @@ class SessionActor(pykka.ThreadingActor):
         self.on_waiting()
         if lost_connection is not None:
             self._unavailable(lost_connection)
+        if self.RETRY_ONCE_WAITING:
+            self._run_guarded(self._retry_waiters, [msg.name])
         return _PENDING
 
     def _hold(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:

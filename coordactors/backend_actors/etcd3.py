@@ -160,6 +160,7 @@ class Etcd3Session(Coalescing, SessionActor):
     DEFAULTS = {"session_ttl": 30.0}
     OPTIONS = {"namespace": text, "request_timeout": seconds, "api_path": _api_path}
     LEASE_TTL = False
+    RETRY_ONCE_WAITING = True  # the watch reader drops deleted locks while nobody waits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -223,6 +224,8 @@ class Etcd3Session(Coalescing, SessionActor):
         self._stale_leases: list[int] = getattr(self, "_stale_leases", [])
         self._ns = self.options.extra.get("namespace", "coordactors").rstrip("/") + "/"
         self._views: dict[str, list[Any]] = {}
+        self._watching: set[str] = set()
+        """Watched groups, from before their snapshot is read (see ``_wants``)."""
         self._load_epoch()
         conn = self.conn
         conn.watch, conn.stream = self._open_watch(conn)
@@ -360,7 +363,21 @@ class Etcd3Session(Coalescing, SessionActor):
             ]
             if events:
                 conn.next_revision = max(revision for *_rest, revision in events) + 1
-                self.run_on_actor(self._on_events, conn, events)
+                # Hand over only what this session acts on: waking the actor
+                # for every change in the namespace (its own acquires and
+                # releases among them) cost each request a thread switch.
+                wanted = [event for event in events if self._wants(event[0], event[1])]
+                if wanted:
+                    self.run_on_actor(self._on_events, conn, wanted)
+
+    def _wants(self, kind: str, key: str) -> bool:
+        """Reader thread: does this session act on this event?  A deleted
+        lock matters to a session with waiters (one registered just after
+        tries once more, see ``RETRY_ONCE_WAITING``), members and leader
+        locks to one that watches (watching starts before the snapshot)."""
+        if self._watching:
+            return True
+        return kind == "DELETE" and bool(self._waiters or self._campaigns) and key.startswith(self._ns + "locks/")
 
     def _watch_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
@@ -779,6 +796,7 @@ class Etcd3Session(Coalescing, SessionActor):
                     raise
 
     def do_watch(self, group: str) -> None:
+        self._watching.add(group)
         try:
             members, leader, revision = self._read_group(group)
         except errors.GroupNotFound:
@@ -791,6 +809,7 @@ class Etcd3Session(Coalescing, SessionActor):
 
     def do_unwatch(self, group: str) -> None:
         self._views.pop(group, None)
+        self._watching.discard(group)
 
     def do_shutdown(self) -> None:
         # Revoking the lease drops every key this session still had at once,

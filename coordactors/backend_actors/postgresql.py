@@ -91,7 +91,7 @@ from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._rest import ReaderRest
-from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
+from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Acquire, Lease, Release
@@ -216,6 +216,7 @@ class PostgreSQLSession(Coalescing, SessionActor):
         "namespace": text, "table_prefix": _table_prefix, "query_timeout": seconds, "retry_interval": seconds,
     }
     LEASE_TTL = False
+    RETRY_ONCE_WAITING = True  # the LISTEN reader drops "freed" notes while nobody waits
 
     @classmethod
     def check_location(cls, options: SessionOptions) -> None:
@@ -580,15 +581,6 @@ class PostgreSQLSession(Coalescing, SessionActor):
             return None
         self._contended.discard(name)
         return int(row[0])
-
-    def _on_acquire(self, msg: Any, call: Any) -> Any:
-        result = super()._on_acquire(msg, call)
-        if result is _PENDING:
-            # The LISTEN reader drops "freed" notes while nobody waits: one
-            # that came between the failed try and the waiter's registration
-            # is covered by trying once more.
-            self._run_guarded(self._retry_waiters, [msg.name])
-        return result
 
     # -- coalescing --------------------------------------------------------------
 

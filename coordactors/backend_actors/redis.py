@@ -53,7 +53,7 @@ from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
 from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
 from coordactors.backend_actors._rest import ReaderRest
-from coordactors.backend_actors.base import _PENDING, SessionActor, fence_floor, leader_lock_name
+from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Acquire, GetMembers, Lease, Release
@@ -116,6 +116,7 @@ class RedisSession(Coalescing, SessionActor):
         {C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS}
     )
     DEFAULTS = {"session_ttl": 30.0}
+    RETRY_ONCE_WAITING = True  # the reader drops "freed" entries while nobody waits
     OPTIONS = {
         "namespace": text,
         "socket_timeout": seconds,
@@ -175,15 +176,6 @@ class RedisSession(Coalescing, SessionActor):
         # The reader blocks in XREAD for up to a second at a time.
         reader = self._new_client(socket_timeout=None)
         return _Connection(client, reader)
-
-    def _on_acquire(self, msg: Any, call: Any) -> Any:
-        result = super()._on_acquire(msg, call)
-        if result is _PENDING:
-            # The reader drops "freed" entries while nobody waits: one that
-            # came between the failed try and the waiter's registration is
-            # covered by trying once more.
-            self._run_guarded(self._retry_waiters, [msg.name])
-        return result
 
     def on_connected(self) -> None:
         # The same token across reconnects: memberships that outlived a
