@@ -3,8 +3,8 @@
 Python runs signal handlers in the main thread, but the kernel hands a signal
 sent to the process to any thread that does not block it.  When it picks one
 of our threads (an actor, a reader, a pool worker), the main thread is not
-woken: an application waiting in ``coord.ask(Acquire(...), block=True)`` sat
-through its SIGTERM or Ctrl-C until the lock came.  So every thread
+woken: an application waiting in ``coord.ask(Acquire(...), block=True)``
+would sit through its SIGTERM or Ctrl-C until the lock came.  So every thread
 coordactors starts blocks the asynchronous signals: it is started inside
 :func:`signals_blocked`, or by a thread that was, and inherits the mask.
 """

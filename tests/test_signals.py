@@ -2,9 +2,8 @@
 
 The kernel gives a signal sent to the process to any thread not blocking it;
 Python runs the handler in the main thread, but a main thread waiting for a
-lock is only woken if the signal landed on it.  A SIGTERM that landed on a
-session's thread left ``coordactors lock`` waiting for the lock instead of
-exiting (seen as a flaky CLI test, about 1 in 50 under load).
+lock is only woken if the signal landed on it.  So no thread coordactors
+starts may take one.
 """
 
 from __future__ import annotations
