@@ -459,28 +459,28 @@ def test_a_resting_reader_catches_up_when_it_wakes(coordinators: Any, url: str) 
     check_a_watch_wakes_a_resting_reader(holder, watcher, sessions["watcher"])
 
 
-def test_requests_sent_at_once_on_lanes_fail_one_by_one(coordinators: Any, url: str) -> None:
+def test_requests_sent_at_once_fail_one_by_one(coordinators: Any, url: str) -> None:
     coord, other = coordinators("shared", url), coordinators("other", url)
     session = coord._route.session._actor_weakref()
     leases = {name: coord.ask(Acquire(name), block=True, timeout=10) for name in ("a", "b", "c")}
-    real_release, real_acquire = session.do_release, session.do_try_acquire
+    real_unclaim, real_claim = session._unclaim, session._claim
     failed_once: set[str] = set()
 
-    def on_lane() -> bool:
-        return threading.current_thread().name.startswith("EtcdLane")
+    def at_once() -> bool:
+        return session._sent_at_index is not None  # set while _at_once runs
 
-    def release(name: str, fence: int) -> bool:
-        if on_lane() and name == "b":
+    def unclaim(name: str, fence: int) -> Any:
+        if at_once() and name == "b":
             raise errors.InvalidArgument("refused on purpose")
-        return real_release(name, fence)
+        return (yield from real_unclaim(name, fence))
 
-    def try_acquire(name: str, ttl: float | None) -> int | None:
-        if on_lane() and name == "y" and name not in failed_once:
+    def claim(name: str, ttl: float | None) -> Any:
+        if at_once() and name == "y" and name not in failed_once:
             failed_once.add(name)
             raise errors.InvalidArgument("refused on purpose")
-        return real_acquire(name, ttl)
+        return (yield from real_claim(name, ttl))
 
-    session.do_release, session.do_try_acquire = release, try_acquire
+    session._unclaim, session._claim = unclaim, claim
     busy = BusySession(session)
     releases = {name: coord.submit(Release(lease)) for name, lease in leases.items()}
     acquires = {name: coord.submit(Acquire(name, timeout=0)) for name in ("x", "y", "z")}
@@ -488,7 +488,7 @@ def test_requests_sent_at_once_on_lanes_fail_one_by_one(coordinators: Any, url: 
     assert releases["a"].result(timeout=10) is None and releases["c"].result(timeout=10) is None
     with pytest.raises(errors.InvalidArgument, match="refused on purpose"):
         releases["b"].result(timeout=10)
-    # The failed acquire went the usual way (on the actor thread) and was granted.
+    # The failed acquire went the usual way and was granted.
     assert {name: future.result(timeout=10).name for name, future in acquires.items()} == {"x": "x", "y": "y", "z": "z"}
     assert failed_once == {"y"}
     for name in ("a", "c"):

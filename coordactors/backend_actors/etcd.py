@@ -83,7 +83,7 @@ Mechanisms:
 from __future__ import annotations
 
 import base64
-import concurrent.futures
+import collections
 import http.client
 import json
 import logging
@@ -92,12 +92,13 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from typing import Any, Generator, TypeVar
 
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
+from coordactors.backend_actors._http1 import HttpConnection
 from coordactors.backend_actors._keepalive import closed_by_peer
 from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
@@ -110,6 +111,12 @@ from coordactors.urls import SessionOptions, seconds
 logger = logging.getLogger(__name__)
 
 __all__ = ["EtcdError", "EtcdSession", "decode_name", "encode_name"]
+
+_T = TypeVar("_T")
+_Request = tuple[str, str, "dict[str, Any] | None", "dict[str, Any] | None"]
+"""method, key, form, query"""
+_Steps = Generator[_Request, Any, _T]
+"""Requests yielded one by one, each sent its reply (or thrown its error); returns the result."""
 
 DEFAULT_PORT = 2379
 KEYS = "/v2/keys"
@@ -149,25 +156,27 @@ class _Http:
     A request that fails once sent is not retried (it may have been
     applied): its server is backed off and the error raised.
     ``abort`` (any thread) shuts the socket down, so a request blocked in a
-    long poll ends at once; no socket is opened after it.
+    long poll ends at once; no socket is opened after it.  ``send`` and
+    ``receive`` apart let requests on several connections be in flight at
+    once (see ``EtcdSession._at_once``).
     """
 
     def __init__(self, endpoints: Endpoints, *, connect_timeout: float, timeout: float | None, authorization: str | None) -> None:
         self._endpoints = endpoints
         self._connect_timeout = connect_timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: HttpConnection | None = None
         self._host = endpoints.current()
         self._timeout = timeout
         self._headers = {"Authorization": authorization} if authorization else {}
         self._lock = threading.Lock()
         self._closed = False
+        self._method = "GET"
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self) -> HttpConnection:
         last: OSError | None = None
         for host in self._endpoints.rotation():
-            conn = http.client.HTTPConnection(host[0].strip("[]"), host[1], timeout=self._connect_timeout)
             try:
-                conn.connect()
+                conn = HttpConnection(host[0], host[1], connect_timeout=self._connect_timeout, timeout=self._timeout)
             except OSError as exc:
                 self._endpoints.failed(host)
                 last = exc
@@ -178,38 +187,57 @@ class _Http:
                     raise ConnectionAbortedError("the connection was closed")
                 self._conn, self._host = conn, host
             self._endpoints.use(host)
-            conn.sock.settimeout(self._timeout)  # type: ignore[attr-defined]
             return conn
         assert last is not None
         raise last
 
     def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
+        self.send(method, key, form=form, query=query)
+        return self.receive()
+
+    def send(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> None:
+        """Send one request; ``receive`` reads its reply."""
         conn = self._conn
         if conn is not None and conn.sock is not None and closed_by_peer(conn.sock):
             conn.close()  # nothing was sent on it: safe to send on a new one
         if conn is None or conn.sock is None:
             conn = self._connect()
-        url = KEYS + urllib.parse.quote(key, safe="/") + ("?" + urllib.parse.urlencode(query) if query else "")
-        headers = dict(self._headers)
+        target = KEYS + urllib.parse.quote(key, safe="/") + ("?" + urllib.parse.urlencode(query) if query else "")
+        headers = self._headers
         body = None
         if form is not None:
-            body = urllib.parse.urlencode(form)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urllib.parse.urlencode(form).encode("ascii")
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         try:
-            conn.request(method, url, body, headers)
-            response = conn.getresponse()
-            data = response.read()
+            conn.send(method, target, headers, body)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, OSError):
+                self._endpoints.failed(self._host)
+            raise
+        self._method = method
+
+    def receive(self) -> tuple[int, dict[str, Any]]:
+        """The reply to the request sent: (X-Etcd-Index, its JSON), or raise EtcdError."""
+        conn = self._conn
+        if conn is None:
+            raise ConnectionError("no request was sent")
+        try:
+            response = conn.receive(self._method)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, (OSError, http.client.HTTPException)):
                 self._endpoints.failed(self._host)
             raise
+        if response.will_close:
+            conn.close()
         if response.status >= 500:
             self._endpoints.failed(self._host)  # e.g. a member cut off from the leader: try another next time
         else:
             self._endpoints.succeeded(self._host)
-        index = int(response.getheader("X-Etcd-Index") or 0)
+        index = int(response.headers.get("x-etcd-index") or 0)
+        data = response.body
         try:
             reply = json.loads(data)
         except ValueError:
@@ -252,12 +280,9 @@ class _Connection:
         self.rest = ReaderRest()
         """The reader does not long-poll while the session neither watches nor waits."""
         self.lanes: list[_Http] = []
-        """Connections of their own for requests queued together (see ``flush_batch``)."""
-        self.lane_threads: concurrent.futures.ThreadPoolExecutor | None = None
+        """Connections of their own for requests in flight together (see ``EtcdSession._at_once``)."""
 
     def close_lanes(self) -> None:
-        if self.lane_threads is not None:
-            self.lane_threads.shutdown(wait=True)
         for lane in self.lanes:
             lane.close()
 
@@ -291,14 +316,16 @@ class EtcdSession(Coalescing, SessionActor):
     actor with ``run_on_actor``; ``close`` shuts its socket down and joins it.
 
     Acquires and releases queued together (many callers sharing the
-    coordinator) are sent at once, as etcd v2 has no transaction to put them
-    in: up to ``LANES`` connections of their own, each on a thread of its
-    own, run ``do_try_acquire`` and ``do_release`` for a share of the batch
-    while the actor waits; the answers are then given in order.
+    coordinator), and the per-lease refreshes of a heartbeat, are sent at
+    once, as etcd v2 has no transaction to put them in: each is written as
+    *steps* (a generator yielding its requests, sent each reply), and
+    ``_at_once`` runs up to ``LANES`` of them together on connections of
+    their own, sending every one's next request before reading any reply.
+    The usual path runs the same steps one request after another.
     """
 
     COALESCED = frozenset({Acquire, Release})
-    LANES = 8
+    LANES = 16
 
     CHARACTERISTICS = frozenset({C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS})
     DEFAULTS = {"session_ttl": 30.0}
@@ -324,8 +351,6 @@ class EtcdSession(Coalescing, SessionActor):
         self._max_index = 0
         self._saw_lock = threading.Lock()
         self._sent_at_index: int | None = None
-        self._lane = threading.local()
-        """On a lane's thread: ``http``, the lane's connection (see ``flush_batch``)."""
         self._applied: int | None = None
         """The etcd index up to which the actor has applied events (the last
         event's, or where the reader started): a new reader resumes after it,
@@ -436,8 +461,24 @@ class EtcdSession(Coalescing, SessionActor):
         conn = self.conn
         if conn is None:
             raise errors.BackendUnavailable(f"no connection to {self.url}")
+        self._send(conn.http, (method, key, form, query))
+        return self._receive(conn.http)
+
+    def _send(self, http_: _Http, request: _Request) -> None:
         try:
-            index, reply = getattr(self._lane, "http", conn.http).request(method, key, form=form, query=query)
+            http_.send(request[0], request[1], form=request[2], query=request[3])
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._lost_connection(exc) from exc
+
+    def _lost_connection(self, exc: BaseException) -> errors.ConnectionSuspended:
+        return errors.ConnectionSuspended(
+            f"lost the connection to {self.url} ({type(exc).__name__}: {exc}); the session's keys live on until their TTL while the servers are tried again"
+        )
+
+    def _receive(self, http_: _Http) -> dict[str, Any]:
+        """The reply to the request sent on ``http_``, errors translated, its index seen."""
+        try:
+            index, reply = http_.receive()
         except EtcdError as exc:
             if exc.status >= 500:
                 # No leader (an election, a member cut off): the keys live on
@@ -446,11 +487,83 @@ class EtcdSession(Coalescing, SessionActor):
             self._saw(exc.index)
             raise
         except (OSError, http.client.HTTPException) as exc:
-            raise errors.ConnectionSuspended(
-                f"lost the connection to {self.url} ({type(exc).__name__}: {exc}); the session's keys live on until their TTL while the servers are tried again"
-            ) from exc
+            raise self._lost_connection(exc) from exc
         self._saw(index)
         return reply
+
+    # -- steps: requests written as generators ------------------------------------
+
+    def _run(self, steps: _Steps[_T]) -> _T:
+        """Run ``steps`` on the session's connection, one request after another."""
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                request = steps.throw(error) if error is not None else steps.send(reply)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            try:
+                reply, error = self._request(request[0], request[1], form=request[2], query=request[3]), None
+            except Exception as exc:  # noqa: BLE001 - raised where the steps sent the request
+                reply, error = None, exc
+
+    def _at_once(self, works: list[_Steps[Any]]) -> list[tuple[bool, Any]]:
+        """Run every ``steps`` of ``works``, up to ``LANES`` at once, each on a
+        lane connection of its own; return each one's (True, result) or
+        (False, exception), in order.
+
+        No thread per lane: every running steps' next request is sent
+        before any reply is read, so the round trips overlap, and the replies
+        are read in the order sent."""
+        conn = self.conn
+        lanes = min(self.LANES, len(works))
+        while len(conn.lanes) < lanes:
+            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
+        outcomes: list[tuple[bool, Any]] = [(False, None)] * len(works)
+        waiting = collections.deque(range(len(works)))
+        running: collections.deque[tuple[_Http, int]] = collections.deque()
+
+        def advance(lane: _Http, item: int, reply: Any, error: Exception | None) -> None:
+            # Feed the steps their reply; send their next request on ``lane``,
+            # or, once they are done, start the next waiting steps there.
+            steps = works[item]
+            while True:
+                try:
+                    request = steps.throw(error) if error is not None else steps.send(reply)
+                except StopIteration as stop:
+                    outcomes[item] = (True, stop.value)
+                except Exception as exc:  # noqa: BLE001 - answered per item by the caller
+                    outcomes[item] = (False, exc)
+                else:
+                    try:
+                        self._send(lane, request)
+                    except Exception as exc:  # noqa: BLE001 - raised where the steps sent it
+                        reply, error = None, exc
+                        continue
+                    running.append((lane, item))
+                    return
+                if not waiting:
+                    return
+                item, reply, error = waiting.popleft(), None, None
+                steps = works[item]
+
+        # Requests sent at once may be answered in any order: their indexes
+        # are held to the one seen before they were sent (see _saw).
+        self._sent_at_index = self._max_index
+        try:
+            for lane in conn.lanes[:lanes]:
+                if waiting:  # (steps that ended at once let the next start on their lane)
+                    advance(lane, waiting.popleft(), None, None)
+            while running:
+                lane, item = running.popleft()
+                try:
+                    reply, error = self._receive(lane), None
+                except Exception as exc:  # noqa: BLE001 - raised where the steps sent the request
+                    reply, error = None, exc
+                advance(lane, item, reply, error)
+        finally:
+            self._sent_at_index = None
+        return outcomes
 
     def probe(self) -> bool:
         """While suspended: one read, from any server of the URL."""
@@ -470,8 +583,12 @@ class EtcdSession(Coalescing, SessionActor):
 
     def _get(self, key: str) -> dict[str, Any] | None:
         """The node at ``key``, or None if there is none."""
+        return self._run(self._read(key))
+
+    @staticmethod
+    def _read(key: str) -> _Steps[dict[str, Any] | None]:
         try:
-            return self._request("GET", key)["node"]
+            return (yield ("GET", key, None, None))["node"]  # type: ignore[no-any-return]
         except EtcdError as exc:
             if exc.code == KEY_NOT_FOUND:
                 return None
@@ -656,11 +773,14 @@ class EtcdSession(Coalescing, SessionActor):
     # -- locks ---------------------------------------------------------------------------
 
     def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
+        return self._run(self._claim(name, ttl))
+
+    def _claim(self, name: str, ttl: float | None) -> _Steps[int | None]:
         key = self._lock_key(name)
         value = json.dumps({"member": self.member_id, "token": self.session_token}, separators=(",", ":"))
         for _attempt in range(4):
             try:
-                node = self._request("PUT", key, form={"value": value, "ttl": self._ttl(ttl), "prevExist": "false"})["node"]
+                node = (yield ("PUT", key, {"value": value, "ttl": self._ttl(ttl), "prevExist": "false"}, None))["node"]
             except EtcdError as exc:
                 if exc.code in (NOT_A_DIR, NOT_A_FILE):
                     raise self._foreign(f"{self._root}/locks", "a directory") from None
@@ -669,7 +789,7 @@ class EtcdSession(Coalescing, SessionActor):
             else:
                 self._held[name] = [node["createdIndex"], node["modifiedIndex"]]
                 return self._epoch + int(node["createdIndex"])
-            holder = self._get(key)
+            holder = yield from self._read(key)
             if holder is None:
                 continue  # freed as we looked
             if holder.get("dir") or self._parse(key, holder, "token") != self.session_token:
@@ -677,36 +797,39 @@ class EtcdSession(Coalescing, SessionActor):
             # Ours, from a connection this session gave up (the base never
             # retries a lock it holds): its lease was declared lost already.
             try:
-                self._request("DELETE", key, query={"prevIndex": holder["modifiedIndex"]})
+                yield ("DELETE", key, None, {"prevIndex": holder["modifiedIndex"]})
             except EtcdError as exc:
                 if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
                     raise
         return None
 
-    def _still_mine(self, name: str, held: list[int], exc: EtcdError) -> bool:
+    def _still_mine(self, name: str, held: list[int], exc: EtcdError) -> _Steps[bool]:
         """After a refused compare on ``prevIndex``: is the key still this
         grant (a refresh whose reply was lost moved its modifiedIndex)?"""
         if exc.code == KEY_NOT_FOUND:
             return False
         if exc.code != COMPARE_FAILED:
             raise exc
-        node = self._get(self._lock_key(name))
+        node = yield from self._read(self._lock_key(name))
         if node is None or node.get("createdIndex") != held[0]:
             return False
         held[1] = node["modifiedIndex"]
         return True
 
     def do_release(self, name: str, fence: int) -> bool:
+        return self._run(self._unclaim(name, fence))
+
+    def _unclaim(self, name: str, fence: int) -> _Steps[bool]:
         held = self._held.get(name)
         if held is None or self._epoch + held[0] != fence:
             return False
         del self._held[name]
         for _attempt in range(4):
             try:
-                self._request("DELETE", self._lock_key(name), query={"prevIndex": held[1]})
+                yield ("DELETE", self._lock_key(name), None, {"prevIndex": held[1]})
                 return True
             except EtcdError as exc:
-                if not self._still_mine(name, held, exc):
+                if not (yield from self._still_mine(name, held, exc)):
                     return False
         return False
 
@@ -714,8 +837,8 @@ class EtcdSession(Coalescing, SessionActor):
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
-        outcomes = self._on_lanes(run, lambda item: self.do_try_acquire(item[0].message.name, None) if item[1] is None
-                                  else self.do_release(item[1].name, item[1].fence))
+        outcomes = self._at_once([self._claim(call.message.name, None) if lease is None else self._unclaim(lease.name, lease.fence)
+                                  for call, lease in run])
         freed = []
         for (call, lease), (ok, value) in zip(run, outcomes):
             if lease is None:
@@ -731,39 +854,6 @@ class EtcdSession(Coalescing, SessionActor):
                 self._reject(call, value if isinstance(value, errors.CoordinationError) else self._translated(value))
         self.retry_freed(freed)
 
-    def _on_lanes(self, items: list[Any], work: Callable[[Any], Any]) -> list[tuple[bool, Any]]:
-        """Run ``work(item)`` for every item, up to ``LANES`` at once, each
-        lane on a connection and a thread of its own; return each item's
-        (True, result) or (False, exception), in order."""
-        conn = self.conn
-        shares = [list(range(lane, len(items), self.LANES)) for lane in range(min(self.LANES, len(items)))]
-        while len(conn.lanes) < len(shares):
-            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
-        if conn.lane_threads is None:
-            conn.lane_threads = concurrent.futures.ThreadPoolExecutor(self.LANES, thread_name_prefix=f"EtcdLane[{self.member_id}]")
-        outcomes: list[tuple[bool, Any]] = [(False, None)] * len(items)
-        self._sent_at_index = self._max_index
-        try:
-            futures = [conn.lane_threads.submit(self._lane_share, lane, [items[i] for i in share], work)
-                       for lane, share in zip(conn.lanes, shares)]
-            for share, future in zip(shares, futures):
-                for index, outcome in zip(share, future.result()):
-                    outcomes[index] = outcome
-        finally:
-            self._sent_at_index = None
-        return outcomes
-
-    def _lane_share(self, lane: _Http, items: list[Any], work: Callable[[Any], Any]) -> list[tuple[bool, Any]]:
-        """A lane's thread: ``work`` on each item, one request after another on the lane's connection."""
-        self._lane.http = lane
-        done: list[tuple[bool, Any]] = []
-        for item in items:
-            try:
-                done.append((True, work(item)))
-            except Exception as exc:  # noqa: BLE001 - answered on the actor thread
-                done.append((False, exc))
-        return done
-
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         """One refresh per lease (etcd v2 has no multi-key request), up to
         ``LANES`` at once."""
@@ -776,9 +866,9 @@ class EtcdSession(Coalescing, SessionActor):
             else:
                 mine.append((lease, held))
         if len(mine) <= 1:
-            outcomes = [(True, self._refresh_lock(*item)) for item in mine]
+            outcomes = [(True, self._run(self._refresh_lock(*item))) for item in mine]
         else:
-            outcomes = self._on_lanes(mine, lambda item: self._refresh_lock(*item))
+            outcomes = self._at_once([self._refresh_lock(*item) for item in mine])
         for (lease, _held), (ok, refreshed) in zip(mine, outcomes):
             if not ok:
                 raise refreshed
@@ -788,13 +878,13 @@ class EtcdSession(Coalescing, SessionActor):
             self._held.pop(name, None)
         return lost
 
-    def _refresh_lock(self, lease: Lease, held: list[int]) -> bool:
+    def _refresh_lock(self, lease: Lease, held: list[int]) -> _Steps[bool]:
         form = {"refresh": "true", "prevExist": "true", "ttl": self._ttl(lease.ttl)}
         for _attempt in range(4):
             try:
-                node = self._request("PUT", self._lock_key(lease.name), form={**form, "prevIndex": held[1]})["node"]
+                node = (yield ("PUT", self._lock_key(lease.name), {**form, "prevIndex": held[1]}, None))["node"]
             except EtcdError as exc:
-                if not self._still_mine(lease.name, held, exc):
+                if not (yield from self._still_mine(lease.name, held, exc)):
                     return False
                 continue
             held[1] = node["modifiedIndex"]
