@@ -1,4 +1,4 @@
-"""A minimal HTTP/1.1 client connection, for etcd v2's keys API.
+"""A minimal HTTP/1.1 client connection, for etcd's v2 keys API and v3 gateway.
 
 ``http.client`` parses every reply's headers with the ``email`` package:
 a fifth of the Python time of an etcd v2 request went there.  This
@@ -26,12 +26,13 @@ _NO_BODY = (204, 304)
 
 
 class Reply:
-    """One HTTP reply: ``status``, ``headers`` (lower-case names), ``body``."""
+    """One HTTP reply: ``status``, ``reason``, ``headers`` (lower-case names), ``body``."""
 
-    __slots__ = ("body", "headers", "status", "will_close")
+    __slots__ = ("body", "headers", "reason", "status", "will_close")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, will_close: bool) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str], body: bytes, will_close: bool) -> None:
         self.status = status
+        self.reason = reason
         self.headers = headers
         self.body = body
         self.will_close = will_close
@@ -45,7 +46,7 @@ class HttpConnection:
     may be sent before earlier replies are read (they are answered in
     order).  ``timeout`` bounds each wait on the socket (None: no bound)."""
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float, timeout: float | None) -> None:
+    def __init__(self, host: str, port: int, *, connect_timeout: float | None, timeout: float | None) -> None:
         self.host = f"{host}:{port}"
         self.sock: socket.socket | None = socket.create_connection((host.strip("[]"), port), timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -66,7 +67,7 @@ class HttpConnection:
     def receive(self, method: str = "GET") -> Reply:
         """Read the next reply (to a request of ``method``)."""
         while True:
-            status, version, headers = self._read_head()
+            status, reason, version, headers = self._read_head()
             if not 100 <= status < 200:
                 break  # an interim reply (100 Continue) is followed by the real one
         if method == "HEAD" or status in _NO_BODY:
@@ -83,7 +84,7 @@ class HttpConnection:
             body, until_close = self._read_to_close(), True
         connection = headers.get("connection", "").lower()
         will_close = until_close or "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
-        return Reply(status, headers, body, will_close)
+        return Reply(status, reason, headers, body, will_close)
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -101,7 +102,7 @@ class HttpConnection:
             raise ConnectionError("the server closed the connection")
         self._buffer += data
 
-    def _read_head(self) -> tuple[int, str, dict[str, str]]:
+    def _read_head(self) -> tuple[int, str, str, dict[str, str]]:
         while (end := self._buffer.find(b"\r\n\r\n")) < 0:
             if len(self._buffer) > MAX_HEAD:
                 raise http.client.HTTPException(f"a reply's headers took more than {MAX_HEAD} bytes")
@@ -121,7 +122,7 @@ class HttpConnection:
             name = name.strip().lower()
             value = value.strip()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return int(code), version, headers
+        return int(code), rest[4:], version, headers
 
     def _take(self, length: int) -> bytes:
         while len(self._buffer) < length:

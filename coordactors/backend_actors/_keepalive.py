@@ -5,8 +5,10 @@ requests (with urllib3 under it) spends about half a millisecond of Python
 per call -- as much as etcd's gateway takes to answer -- so the etcd3
 session gives etcd3gw a :class:`KeepAliveSession` instead: the part of the
 ``requests.Session`` interface etcd3gw uses (``post``, ``headers``,
-``close``), over one ``http.client`` connection, failing with the same
-``requests`` exceptions (and messages) etcd3gw already maps to its own.
+``close``), over one :class:`~coordactors.backend_actors._http1.HttpConnection`
+(``http.client`` parsed every reply's headers with the ``email`` package),
+failing with the same ``requests`` exceptions (and messages) etcd3gw
+already maps to its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import urllib.parse
 from typing import Any
 
 import requests
+
+from coordactors.backend_actors._http1 import HttpConnection
 
 __all__ = ["KeepAliveSession", "closed_by_peer"]
 
@@ -60,7 +64,7 @@ class KeepAliveSession:
 
     def __init__(self) -> None:
         self.headers: dict[str, str] = {}
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: HttpConnection | None = None
         self._host: tuple[str, int] | None = None
 
     def post(self, url: str, json: Any = None, timeout: Any = None, data: Any = None) -> _Reply:  # noqa: A002 - requests' names
@@ -75,12 +79,13 @@ class KeepAliveSession:
         if conn is None:
             conn = self._connect(host, connect_timeout, read_timeout)
         body = data if json is None else _dumps(json)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
         headers = {"Content-Type": "application/json", **self.headers}
         path = parts.path + ("?" + parts.query if parts.query else "")
         try:
-            conn.request("POST", path, body, headers)
-            response = conn.getresponse()
-            content = response.read()
+            conn.send("POST", path, headers, body)
+            response = conn.receive("POST")
         except TimeoutError as exc:
             self.close()
             raise requests.exceptions.ReadTimeout(f"{host[0]}:{host[1]}: read timed out ({exc})") from exc
@@ -89,20 +94,15 @@ class KeepAliveSession:
             raise requests.exceptions.ConnectionError(f"{host[0]}:{host[1]}: connection broken: {type(exc).__name__}: {exc}") from exc
         if response.will_close:
             self.close()
-        return _Reply(response.status, response.reason, content)
+        return _Reply(response.status, response.reason, response.body)
 
-    def _connect(self, host: tuple[str, int], connect_timeout: float | None, read_timeout: float | None) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(host[0], host[1], timeout=connect_timeout)
+    def _connect(self, host: tuple[str, int], connect_timeout: float | None, read_timeout: float | None) -> HttpConnection:
         try:
-            conn.connect()
+            conn = HttpConnection(host[0], host[1], connect_timeout=connect_timeout, timeout=read_timeout)
         except TimeoutError as exc:
-            conn.close()
             raise requests.exceptions.ConnectTimeout(f"{host[0]}:{host[1]}: connect timed out ({exc})") from exc
         except OSError as exc:
-            conn.close()
             raise requests.exceptions.ConnectionError(f"{host[0]}:{host[1]}: {CONNECT_FAILED}: {exc}") from exc
-        assert conn.sock is not None
-        conn.sock.settimeout(read_timeout)
         self._conn, self._host = conn, host
         return conn
 
