@@ -264,6 +264,20 @@ def test_a_waiter_is_woken_by_its_watch_long_before_the_next_heartbeat(coordinat
     leader_events.wait_for_event(LeaderElected("g", "b"), timeout=5)
 
 
+def test_a_try_lock_sets_no_watch_but_an_acquire_that_waits_does(coordinators, url):
+    slow = url + "&session_ttl=60"  # heartbeats every 20 s: only the watch can wake b in time
+    a, b = coordinators("a", slow), coordinators("b", slow)
+    session = b._route.session._actor_weakref()
+    held = a.ask(Acquire("jobs"), block=True, timeout=10)
+    with pytest.raises(errors.LockTimeout):
+        b.ask(Acquire("jobs", timeout=0), block=True, timeout=10)
+    assert "jobs" not in session.conn.lock_watchers  # a round trip saved: nobody here waits
+    waiting = b.submit(Acquire("jobs", timeout=30))
+    wait_until(lambda: "jobs" in session.conn.lock_watchers)
+    a.ask(Release(held), block=True, timeout=10)
+    assert waiting.result(timeout=5).member_id == "b"
+
+
 def test_a_membership_without_a_log_entry_is_still_reported(coordinators, url, namespace, zookeeper_server):
     watcher = coordinators("watcher", url)
     recorder = EventRecorder()

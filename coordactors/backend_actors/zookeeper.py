@@ -109,7 +109,7 @@ from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import url_hosts
-from coordactors.backend_actors.base import CONNECTED, SessionActor
+from coordactors.backend_actors.base import _PENDING, CONNECTED, SessionActor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Acquire, Lease, Release
@@ -207,8 +207,8 @@ class _Connection:
     to the actor thread.
     """
 
-    __slots__ = ("broken", "client", "closing", "group_watchers", "held", "lock_watchers", "prefix", "queued", "session_id",
-                 "suspended", "uncertain")
+    __slots__ = ("broken", "client", "closing", "group_watchers", "held", "holders", "lock_watchers", "prefix", "queued",
+                 "session_id", "suspended", "uncertain")
 
     def __init__(self, client: KazooClient, prefix: str) -> None:
         self.client = client
@@ -223,6 +223,8 @@ class _Connection:
         """Lock directories where a claim's create got no reply: it may exist."""
         self.group_watchers: dict[str, Callable[[Any], None]] = {}
         self.lock_watchers: dict[str, Callable[[Any], None]] = {}
+        self.holders: dict[str, str] = {}
+        """Lock name -> the holder's claim found by a try nobody here waited on (not watched yet)."""
         self.queued: set[str] = set()
 
 
@@ -822,11 +824,32 @@ class ZooKeeperSession(Coalescing, SessionActor):
             return _sequence(mine)
         # Held by another: withdraw (waiting is the actor's job, not
         # ZooKeeper's) and watch the holder's claim, so that its release
-        # retries our waiters at once.
+        # retries our waiters at once -- if anybody here waits: a try-lock
+        # needs no watch (the acquire that goes on to wait sets it, see
+        # _on_acquire).
         self._delete(path)
-        if self._exists(f"{directory}/{holder}", watch=self._lock_watcher(conn, name)) is None:
-            self.run_on_actor(self._lock_freed, conn, name)  # released meanwhile
+        if self._waits_for(name):
+            self._watch_holder(conn, name, f"{directory}/{holder}")
+        else:
+            conn.holders[name] = f"{directory}/{holder}"
         return None
+
+    def _waits_for(self, name: str) -> bool:
+        """Does an acquire or a campaign of this session wait for ``name``?"""
+        if self._waiters.get(name):
+            return True
+        return name.startswith(RESERVED_LOCK_PREFIX) and name[len(RESERVED_LOCK_PREFIX):] in self._campaigns
+
+    def _watch_holder(self, conn: _Connection, name: str, claim: str) -> None:
+        if self._exists(claim, watch=self._lock_watcher(conn, name)) is None:
+            self.run_on_actor(self._lock_freed, conn, name)  # released meanwhile
+
+    def _on_acquire(self, msg: Any, call: Any) -> Any:
+        result = super()._on_acquire(msg, call)
+        claim = self.conn.holders.pop(msg.name, None) if self.conn is not None else None
+        if result is _PENDING and claim is not None:
+            self._run_guarded(self._watch_holder, self.conn, msg.name, claim)
+        return result
 
     def _drop_stale_claims(self, directory: str, children: list[str]) -> list[str]:
         """The claims in ``children``, less those of this coordinator's earlier
