@@ -108,3 +108,16 @@ def test_a_server_that_closes_or_answers_garbage_raises_what_http_client_would(s
     conn.close()
     with pytest.raises(ConnectionError, match="closed"):
         conn.send("GET", "/", {})
+
+
+def test_an_ipv6_host_is_bracketed_in_the_host_header():
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with listener:
+        port = listener.getsockname()[1]
+        for host in ("::1", "[::1]"):
+            conn = HttpConnection(host, port, connect_timeout=5, timeout=5)
+            assert conn.host == f"[::1]:{port}"
+            conn.close()

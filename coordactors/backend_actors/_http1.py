@@ -47,8 +47,10 @@ class HttpConnection:
     order).  ``timeout`` bounds each wait on the socket (None: no bound)."""
 
     def __init__(self, host: str, port: int, *, connect_timeout: float | None, timeout: float | None) -> None:
-        self.host = f"{host}:{port}"
-        self.sock: socket.socket | None = socket.create_connection((host.strip("[]"), port), timeout=connect_timeout)
+        bare = host.strip("[]")
+        self.host = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+        """The Host header's value (an IPv6 address in brackets)."""
+        self.sock: socket.socket | None = socket.create_connection((bare, port), timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(timeout)
         self._buffer = bytearray()
