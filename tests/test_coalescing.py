@@ -87,3 +87,29 @@ def test_queued_lock_requests_each_get_their_own_answer(connect: Any) -> None:
         other.ask(Release(other.ask(Acquire(lease.name, timeout=0), block=True, timeout=BOUND)), block=True, timeout=BOUND)
     if isinstance(session, Coalescing):
         assert max(sizes) >= 6, sizes  # the queue really was served together
+
+
+@pytest.mark.timeout(90)
+def test_a_batch_on_file_is_one_registry_write(coordinators: Any, tmp_path: Any) -> None:
+    # No heartbeat within the test: every write counted is a request's.
+    coord = coordinators("shared", f"file://{tmp_path}/coord?session_ttl=180&heartbeat_interval=60")
+    session = _session(coord)
+    storage = session.conn
+    writes: list[int] = []
+    store = storage._store
+
+    def counting(doc: Any) -> None:
+        writes.append(1)
+        store(doc)
+
+    storage._store = counting
+    busy = BusySession(session)
+    acquires = [coord.submit(Acquire(f"n{i}")) for i in range(8)]
+    busy.release()
+    leases = [future.result(timeout=BOUND) for future in acquires]
+    assert writes == [1]
+    busy = BusySession(session)
+    releases = [coord.submit(Release(lease)) for lease in leases]
+    busy.release()
+    assert [future.result(timeout=BOUND) for future in releases] == [None] * 8
+    assert writes == [1, 1]
