@@ -264,6 +264,33 @@ def test_a_waiter_is_woken_by_its_watch_long_before_the_next_heartbeat(coordinat
     leader_events.wait_for_event(LeaderElected("g", "b"), timeout=5)
 
 
+def test_a_heartbeat_checks_claims_in_multis_and_finds_exactly_the_lost_ones(coordinators, url, raw, namespace, monkeypatch):
+    monkeypatch.setattr(zk, "CHECKS_PER_MULTI", 4)  # six claims: two multis, and more after each failure
+    a = coordinators("a", url + "&session_ttl=3")  # a heartbeat each second
+    session = a._route.session._actor_weakref()
+    leases = {f"l{i}": a.ask(Acquire(f"l{i}"), block=True, timeout=10) for i in range(6)}
+    refreshed: list[set[tuple[str, int]]] = []
+    real_refresh = session.do_refresh
+
+    def recording(held: list[Any]) -> set[tuple[str, int]]:
+        lost = real_refresh(held)
+        refreshed.append(lost)
+        return lost
+
+    session.do_refresh = recording
+    wait_until(lambda: refreshed, timeout=10)
+    refreshed.clear()
+    claim = {name: f"/{namespace}/locks/{zk.encode_name(name)}/{raw.get_children(f'/{namespace}/locks/{zk.encode_name(name)}')[0]}"
+             for name in leases}
+    raw.delete(claim["l1"])
+    raw.delete(claim["l4"])
+    raw.set(claim["l2"], b"written from outside")  # changed, but still there: still held
+    wait_until(lambda: any(refreshed), timeout=10)
+    assert next(lost for lost in refreshed if lost) == {("l1", leases["l1"].fence), ("l4", leases["l4"].fence)}
+    wait_until(lambda: not leases["l1"].held and not leases["l4"].held, timeout=10)
+    assert all(leases[name].held for name in ("l0", "l2", "l3", "l5"))
+
+
 def test_a_try_lock_sets_no_watch_but_an_acquire_that_waits_does(coordinators, url):
     slow = url + "&session_ttl=60"  # heartbeats every 20 s: only the watch can wake b in time
     a, b = coordinators("a", slow), coordinators("b", slow)

@@ -125,6 +125,8 @@ EVENTS_KEPT = 256
 """Entries a group's event log keeps; a watcher further behind still gets the membership right (by diff)."""
 TRIM_EVERY = 64
 """A session trims a group's log after every this many entries it wrote there."""
+CHECKS_PER_MULTI = 256
+"""Claims a heartbeat checks in one multi (far below ZooKeeper's 1 MB request limit)."""
 LOCK_MARK = "__lock__"
 """Between a claim's owner prefix and its sequence number, as in kazoo's (and Curator's) lock recipe."""
 MEMBER, EVENT = "m-", "ev-"
@@ -899,10 +901,26 @@ class ZooKeeperSession(Coalescing, SessionActor):
         return True
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
-        """A claim lives as long as the session; check that none was deleted from outside."""
-        client = self._client()
-        pending = [(lease, client.exists_async(self._claim_path(lease.name, lease.fence))) for lease in leases]
-        return {(lease.name, lease.fence) for lease, result in pending if self._wait(result) is None}
+        """A claim lives as long as the session; check that none was deleted
+        from outside.
+
+        A claim is never written (its version stays 0), so one multi of
+        version checks covers up to ``CHECKS_PER_MULTI`` claims in one round
+        trip.  A multi that fails names its first failed check: that claim is
+        settled on its own (gone: lost; written from outside: still there)
+        and the rest is checked again."""
+        lost: set[tuple[str, int]] = set()
+        pending = list(leases)
+        while pending:
+            chunk = pending[:CHECKS_PER_MULTI]
+            results, failure = self._commit(lambda txn: [txn.check(self._claim_path(lease.name, lease.fence), 0) for lease in chunk])
+            if failure is None:
+                del pending[: len(chunk)]
+                continue
+            lease = pending.pop(next(index for index, result in enumerate(results) if result is failure))
+            if isinstance(failure, kx.NoNodeError) or self._exists(self._claim_path(lease.name, lease.fence)) is None:
+                lost.add((lease.name, lease.fence))
+        return lost
 
     def do_lock_holder(self, name: str) -> str | None:
         directory = self._lock_dir(name)
