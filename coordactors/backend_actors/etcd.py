@@ -349,7 +349,6 @@ class EtcdSession(Coalescing, SessionActor):
         self._timeout = self.options.extra.get("request_timeout", min(5.0, max(0.5, ttl / 4)))
         self._epoch = 0
         self._max_index = 0
-        self._saw_lock = threading.Lock()
         self._sent_at_index: int | None = None
         self._applied: int | None = None
         """The etcd index up to which the actor has applied events (the last
@@ -571,15 +570,15 @@ class EtcdSession(Coalescing, SessionActor):
         return True
 
     def _saw(self, index: int) -> None:
-        with self._saw_lock:
-            # Requests sent at once (flush_batch) may be answered in any
-            # order: they are held to the index seen before they were sent.
-            floor = self._max_index if self._sent_at_index is None else self._sent_at_index
-            if index < floor:
-                raise errors.BackendUnavailable(
-                    f"etcd's index on {self.url} went back from {floor} to {index}: its data was lost; reconnecting"
-                )
-            self._max_index = max(self._max_index, index)
+        """Actor thread: etcd answered at ``index``, which may not go back."""
+        # Requests sent at once (_at_once) may be answered in any order: they
+        # are held to the index seen before they were sent.
+        floor = self._max_index if self._sent_at_index is None else self._sent_at_index
+        if index < floor:
+            raise errors.BackendUnavailable(
+                f"etcd's index on {self.url} went back from {floor} to {index}: its data was lost; reconnecting"
+            )
+        self._max_index = max(self._max_index, index)
 
     def _get(self, key: str) -> dict[str, Any] | None:
         """The node at ``key``, or None if there is none."""
