@@ -466,7 +466,7 @@ class MemcachedSession(Coalescing, SessionActor):
         """Delete ``key`` if its cas is still ``cas``: True, False (changed) or None (gone)."""
         if not self.conn.meta:  # memcached < 1.6: no conditional delete; the window is one round trip
             return bool(self.conn.client.delete(key)) or None
-        reply = self.conn.client.raw_command(b"md " + key.encode("ascii") + b" C" + cas)
+        reply = self.conn.client.raw_command(_meta_delete_if(key, cas))
         if reply == b"HD":
             return True
         if reply == b"EX":
@@ -641,11 +641,11 @@ class MemcachedSession(Coalescing, SessionActor):
                     ttl = call.message.ttl if call.message.ttl is not None else self.options.lease_ttl
                     fence = int(fence_reply[1])
                     value = self._lock_value(conn, fence, ttl)
-                    writes.append((call, key, fence, ttl, b"ms %s %d ME c T%d\r\n%s" % (key.encode("ascii"), len(value), self._exptime(ttl), value)))
+                    writes.append((call, key, fence, ttl, _meta_add(key, value, self._exptime(ttl))))
                 else:
                     usual.append(call)  # a fence counter to seed first: the usual way
             replies = self._pipeline([command for *_rest, command in writes]
-                                     + [b"md " + self.keys.lock(lease.name).encode("ascii") + b" C" + written for _call, lease, written in releases])
+                                     + [_meta_delete_if(self.keys.lock(lease.name), written) for _call, lease, written in releases])
         except Exception:  # noqa: BLE001 - the usual path reports it, call by call
             for call, _item in run:
                 self._serve(call)
@@ -656,7 +656,7 @@ class MemcachedSession(Coalescing, SessionActor):
             status, *flags = reply[0].split() or [b""]
             if status == b"HD":
                 conn.held[call.message.name] = fence
-                written = next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
+                written = _returned_cas(flags)
                 if written is not None:
                     conn.cas[call.message.name] = written
                 self._sightings.pop(key, None)
@@ -759,10 +759,10 @@ class MemcachedSession(Coalescing, SessionActor):
         client = self.conn.client
         if not self.conn.meta:
             return bool(client.add(key, value, expire=expire, noreply=False)), None
-        reply = client.raw_command(b"ms %s %d ME c T%d\r\n%s" % (key.encode("ascii"), len(value), expire, value))
+        reply = client.raw_command(_meta_add(key, value, expire))
         status, *flags = reply.split() or [b""]
         if status == b"HD":
-            return True, next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
+            return True, _returned_cas(flags)
         if status == b"NS":
             return False, None
         raise MemcacheServerError(f"unexpected reply to ms: {reply[:40]!r}")
@@ -772,7 +772,7 @@ class MemcachedSession(Coalescing, SessionActor):
         written = conn.cas.pop(name, None)
         if written is not None and conn.held.get(name) == fence:
             # Unchanged since this connection wrote it: delete it in one round trip.
-            reply = conn.client.raw_command(b"md " + key.encode("ascii") + b" C" + written)
+            reply = conn.client.raw_command(_meta_delete_if(key, written))
             if reply in (b"HD", b"NF"):
                 del conn.held[name]
                 return reply == b"HD"
@@ -926,6 +926,21 @@ class MemcachedSession(Coalescing, SessionActor):
                 dead.setdefault(group, set()).add(member)
         for group, members in dead.items():
             self._reap(group, members)
+
+
+def _meta_add(key: str, value: bytes, expire: int) -> bytes:
+    """The meta command that adds ``key`` (mode E: only if absent) and asks for its cas unique back."""
+    return b"ms %s %d ME c T%d\r\n%s" % (key.encode("ascii"), len(value), expire, value)
+
+
+def _meta_delete_if(key: str, cas: bytes) -> bytes:
+    """The meta command that deletes ``key`` if its cas unique is still ``cas``."""
+    return b"md " + key.encode("ascii") + b" C" + cas
+
+
+def _returned_cas(flags: list[bytes]) -> bytes | None:
+    """The cas unique a meta reply's flags carry (``c<unique>``), if any."""
+    return next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
 
 
 def _owned_by(raw: bytes | None, conn: _Connection, fence: int) -> bool:
