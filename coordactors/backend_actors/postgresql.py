@@ -811,7 +811,7 @@ class PostgreSQLSession(Coalescing, SessionActor):
                 freed = sorted({n.payload[1:] for n in notes if n.payload.startswith("f")})
                 # Only a session with waiters acts on a freed lock.  (A waiter
                 # registered just after is covered by its own second try, see
-                # _on_acquire.)  Back from a rest, every waiter is retried: a
+                # RETRY_ONCE_WAITING.)  Back from a rest, every waiter is retried: a
                 # lock may have been freed while nobody listened.
                 if (missed or freed) and (self._waiters or self._campaigns):
                     self.run_on_actor(self._on_freed, conn, None if missed else freed)

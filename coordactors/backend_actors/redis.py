@@ -246,7 +246,7 @@ class RedisSession(Coalescing, SessionActor):
     def _wants(self, fields: dict[str, str]) -> bool:
         """Reader thread: does this session act on this stream entry?  (A
         waiter registered just after is covered by its own second try, see
-        ``_on_acquire``; watching starts before the watch's snapshot.)"""
+        ``RETRY_ONCE_WAITING``; watching starts before the watch's snapshot.)"""
         if fields.get("k") == "free":
             return bool(self._waiters or self._campaigns)
         return bool(self._watch_from)
