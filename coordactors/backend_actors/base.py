@@ -738,7 +738,7 @@ class SessionActor(pykka.ThreadingActor):
                 f"cannot acquire {msg.name!r} with ttl={msg.ttl}: on this backend a lock lives exactly as long as "
                 "the session (see session_ttl), so a per-lease TTL is not supported"
             )
-        ttl = msg.ttl if msg.ttl is not None else self.options.lease_ttl
+        ttl = self.lease_ttl_of(msg)
         queued = self._waiters.get(msg.name)
         lost_connection: errors.BackendUnavailable | None = None
         if not queued and msg.name not in self._leases:
@@ -773,6 +773,10 @@ class SessionActor(pykka.ThreadingActor):
         if self.RETRY_ONCE_WAITING:
             self._run_guarded(self._retry_waiters, [msg.name])
         return _PENDING
+
+    def lease_ttl_of(self, msg: Acquire) -> float | None:
+        """The TTL an acquire's lease gets: its own, else the URL's ``lease_ttl``."""
+        return msg.ttl if msg.ttl is not None else self.options.lease_ttl
 
     def _hold(self, name: str, fence: int, ttl: float | None, sent_at: float) -> Lease:
         lease = self._new_lease(name, fence, ttl, sent_at)

@@ -182,8 +182,7 @@ class LocalSession(Coalescing, SessionActor):
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
-        ttls = [None if lease is not None else (call.message.ttl if call.message.ttl is not None else self.options.lease_ttl)
-                for call, lease in run]
+        ttls = [None if lease is not None else self.lease_ttl_of(call.message) for call, lease in run]
         try:
             with self._txn() as reg:
                 results = [reg.try_acquire(call.message.name, self.token, self.member_id, ttl) if lease is None

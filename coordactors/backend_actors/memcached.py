@@ -638,7 +638,7 @@ class MemcachedSession(Coalescing, SessionActor):
             writes = []
             for (call, key), fence_reply in zip(free, fences):
                 if fence_reply[0].startswith(b"VA"):
-                    ttl = call.message.ttl if call.message.ttl is not None else self.options.lease_ttl
+                    ttl = self.lease_ttl_of(call.message)
                     fence = int(fence_reply[1])
                     value = self._lock_value(conn, fence, ttl)
                     writes.append((call, key, fence, ttl, _meta_add(key, value, self._exptime(ttl))))

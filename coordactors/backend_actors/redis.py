@@ -294,7 +294,7 @@ class RedisSession(Coalescing, SessionActor):
         not held is served the usual way."""
         kind = type(msg)
         if kind is Acquire and self.batchable_acquire(msg, names):
-            return "acquire", (msg.ttl if msg.ttl is not None else self.options.lease_ttl)
+            return "acquire", self.lease_ttl_of(msg)
         if kind is Release and self.batchable_release(msg, names):
             return "release", self._leases[msg.name]
         if kind is GetMembers:
