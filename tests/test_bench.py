@@ -65,6 +65,22 @@ def test_an_unknown_backend_is_refused(tmp_path: Any, capsys: Any) -> None:
     assert "unknown backend" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--operations", "--sweep"])
+def test_an_unknown_operation_is_refused(option: str, tmp_path: Any, capsys: Any) -> None:
+    assert main([option, "lock,nosuch", "--output", str(tmp_path), "memory://"]) == 64
+    err = capsys.readouterr().err
+    assert f"{option}: unknown operation(s) nosuch" in err and "known: lock, trylock" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_an_empty_sweep_measures_one_caller_only(tmp_path: Any) -> None:
+    assert main(["--quick", "--operations", "trylock", "--sweep", "", "--no-plots", "--output", str(tmp_path), "memory://"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["sweep_operations"] == []
+    assert {r["mode"] for r in data["results"]} == {"c1"}
+
+
 # -- what the concurrency benchmark relies on: requests queued together on one
 # session (coalesced into one round trip where the backend can) keep every
 # lock's promises.

@@ -57,8 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"coordactors bench: unknown backend(s) {', '.join(unknown)}; known: {', '.join(ALL_BACKENDS)}", file=sys.stderr)
         return 64
-    operations = [op for op in OPERATIONS if op.name in args.operations.split(",")]
-    sweep = [s for s in args.sweep.split(",") if s]
+    known_operations = [op.name for op in OPERATIONS]
+    wanted = [n.strip() for n in args.operations.split(",") if n.strip()]
+    sweep = [n.strip() for n in args.sweep.split(",") if n.strip()]
+    for option, asked in (("--operations", wanted), ("--sweep", sweep)):
+        unknown = sorted(set(asked) - set(known_operations))
+        if unknown:
+            print(f"coordactors bench: {option}: unknown operation(s) {', '.join(unknown)}; known: {', '.join(known_operations)}"
+                  " (--sweep '' sweeps none)", file=sys.stderr)
+            return 64
+    operations = [op for op in OPERATIONS if op.name in wanted]
     data: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": machine(),

@@ -52,6 +52,7 @@ Fidelity limits -- what a real agent does and this fake does not:
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import re
 import socket
@@ -60,6 +61,7 @@ import time
 import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any, Self
 
 from coordactors._signals import signals_blocked
@@ -154,17 +156,51 @@ class _Store:
         self.tombstones: dict[str, int] = {}
         self.lock_delay_until: dict[str, float] = {}
         self.stopping = False
+        # Every key ever written (live or tombstoned), sorted: prefix reads
+        # cost what lies under the prefix, as in Consul's radix tree, not
+        # what the whole store holds.
+        self._keys: list[str] = []
+        # While a transaction runs: each touched key's state before it, to
+        # roll back without copying the store.
+        self._journal: dict[str, tuple[_Entry | None, int | None, float | None]] | None = None
 
     # -- indexes -------------------------------------------------------------
 
     def prefix_index(self, prefix: str, exact: bool) -> int:
         if exact:
-            candidates = [e.modify_index for k, e in self.kv.items() if k == prefix]
-            candidates += [i for k, i in self.tombstones.items() if k == prefix]
-        else:
-            candidates = [e.modify_index for k, e in self.kv.items() if k.startswith(prefix)]
-            candidates += [i for k, i in self.tombstones.items() if k.startswith(prefix)]
-        return max(candidates, default=1)
+            entry = self.kv.get(prefix)
+            return entry.modify_index if entry is not None else self.tombstones.get(prefix, 1)
+        indexes = [entry.modify_index if entry is not None else self.tombstones.get(key, 1) for key, entry in self._under(prefix)]
+        return max(indexes, default=1)
+
+    def entries_under(self, prefix: str) -> list[_Entry]:
+        """The live entries whose keys start with ``prefix``, in key order."""
+        return [entry for _key, entry in self._under(prefix) if entry is not None]
+
+    def _under(self, prefix: str) -> Iterator[tuple[str, _Entry | None]]:
+        """Every key ever written under ``prefix``, with its live entry or None."""
+        keys = self._keys
+        for position in range(bisect.bisect_left(keys, prefix), len(keys)):
+            key = keys[position]
+            if not key.startswith(prefix):
+                return
+            yield key, self.kv.get(key)
+
+    def _touch(self, key: str) -> None:
+        """Note ``key`` before a write: keep it in the sorted index, and its state in the journal."""
+        entry = self.kv.get(key)
+        if entry is None and key not in self.tombstones:
+            bisect.insort(self._keys, key)
+        if self._journal is not None and key not in self._journal:
+            self._journal[key] = (None if entry is None else entry.copy(), self.tombstones.get(key), self.lock_delay_until.get(key))
+
+    def _roll_back(self, journal: dict[str, tuple[_Entry | None, int | None, float | None]]) -> None:
+        for key, (entry, tombstone, delay) in journal.items():
+            for table, saved in ((self.kv, entry), (self.tombstones, tombstone), (self.lock_delay_until, delay)):
+                if saved is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = saved  # type: ignore[index]
 
     def _bump(self) -> int:
         self.index += 1
@@ -187,6 +223,7 @@ class _Store:
         for key, entry in list(self.kv.items()):
             if entry.session != session.id:
                 continue
+            self._touch(key)
             if session.lock_delay > 0:
                 self.lock_delay_until[key] = until
             if session.behavior == "delete":
@@ -199,6 +236,7 @@ class _Store:
     # -- KV primitives (caller holds cond; ``index`` is this write's index) ---
 
     def _set(self, key: str, value: bytes, flags: int, index: int) -> _Entry:
+        self._touch(key)
         entry = self.kv.get(key)
         if entry is None:
             entry = self.kv[key] = _Entry(key, value, flags, index)
@@ -216,6 +254,7 @@ class _Store:
         if entry is None or entry.session != session_id:
             if self.lock_delay_until.get(key, 0) > time.monotonic():
                 return None
+            self._touch(key)
             self.lock_delay_until.pop(key, None)
         was_ours = entry is not None and entry.session == session_id
         entry = self._set(key, value, flags, index)
@@ -233,11 +272,13 @@ class _Store:
         return entry
 
     def _delete(self, key: str, index: int) -> None:
+        if key in self.kv:
+            self._touch(key)
         if self.kv.pop(key, None) is not None:
             self.tombstones[key] = index
 
     def _delete_tree(self, prefix: str, index: int) -> None:
-        for key in [k for k in self.kv if k.startswith(prefix)]:
+        for key in [key for key, entry in self._under(prefix) if entry is not None]:
             self._delete(key, index)
 
     # -- transactions --------------------------------------------------------
@@ -245,23 +286,26 @@ class _Store:
     def txn(self, ops: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         with self.cond:
             self.expire_sessions()
-            saved = ({k: e.copy() for k, e in self.kv.items()}, dict(self.tombstones), dict(self.lock_delay_until))
+            self._journal = journal = {}
             index = self.index + 1
             results: list[dict[str, Any]] = []
             wrote = False
-            for position, op in enumerate(ops):
-                try:
-                    kv = op["KV"]
-                    result, writes = self._txn_op(kv, index)
-                except _Conflict as exc:
-                    self.kv, self.tombstones, self.lock_delay_until = saved
-                    return 409, {"Results": None, "Errors": [{"OpIndex": position, "What": str(exc)}]}
-                except (KeyError, TypeError, ValueError) as exc:
-                    self.kv, self.tombstones, self.lock_delay_until = saved
-                    return 400, {"Results": None, "Errors": [{"OpIndex": position, "What": f"invalid operation: {exc}"}]}
-                wrote = wrote or writes
-                if result is not None:
-                    results.extend({"KV": e} for e in result)
+            try:
+                for position, op in enumerate(ops):
+                    try:
+                        kv = op["KV"]
+                        result, writes = self._txn_op(kv, index)
+                    except _Conflict as exc:
+                        self._roll_back(journal)
+                        return 409, {"Results": None, "Errors": [{"OpIndex": position, "What": str(exc)}]}
+                    except (KeyError, TypeError, ValueError) as exc:
+                        self._roll_back(journal)
+                        return 400, {"Results": None, "Errors": [{"OpIndex": position, "What": f"invalid operation: {exc}"}]}
+                    wrote = wrote or writes
+                    if result is not None:
+                        results.extend({"KV": e} for e in result)
+            finally:
+                self._journal = None
             if wrote:
                 self.index = index
                 self.cond.notify_all()
@@ -297,7 +341,7 @@ class _Store:
                 raise _Conflict(f'key "{key}" does not exist')
             return [entry.json()], False
         if verb == "get-tree":
-            return [e.json() for k, e in sorted(self.kv.items()) if k.startswith(key)], False
+            return [e.json() for e in self.entries_under(key)], False
         if verb == "check-index":
             if entry is None or entry.modify_index != int(kv.get("Index") or 0):
                 raise _Conflict(f'current modify index {entry.modify_index if entry else 0} != {kv.get("Index")} for key "{key}"')
@@ -502,7 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
             if exact:
                 entries = [store.kv[key]] if key in store.kv else []
             else:
-                entries = [e for k, e in sorted(store.kv.items()) if k.startswith(key)]
+                entries = store.entries_under(key)
             if not entries:
                 self._reply(404, b"", index=index, raw=True)
             elif "keys" in params:
