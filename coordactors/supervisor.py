@@ -374,8 +374,7 @@ class SupervisorActor(pykka.ThreadingActor):
             self._down_since = time.monotonic()
             self._fan_out(SessionLost(msg.cause))
         for lease in self._ledger.drop_leases():
-            lease._state.cause = f"session crashed: {msg.cause}"  # noqa: SLF001
-            lease.lost.set()
+            lease._state.mark_lost(f"session crashed: {msg.cause}")  # noqa: SLF001
             self._fan_out(LockLost(lease.name, lease.fence, f"session crashed: {msg.cause}"))
         self._schedule_retry(replace_actor=True)
 

@@ -232,3 +232,30 @@ def test_a_duration_too_long_for_the_clock_is_invalid_argument_and_the_longest_a
     with coordactors.connect(f"memory://f{uuid.uuid4().hex[:8]}?{name}=1e9{extra}", "a") as coord:  # the process's ticker lives on
         coord.join("g", create=True, timeout=CALL)
         assert coord.members("g", timeout=CALL) == {"a"}
+
+
+def test_a_name_with_any_control_or_surrogate_character_is_refused_and_every_other_character_is_taken() -> None:
+    # The check is a regular expression; Unicode's categories Cc and Cs are
+    # the rule it stands for, checked here against every character.
+    import unicodedata
+
+    for code in [*range(0x10000), 0x1F600, 0xE0001, 0x10FFFF]:
+        char = chr(code)
+        refused = unicodedata.category(char) in ("Cc", "Cs")
+        try:
+            Acquire("lock-" + char)
+        except errors.InvalidArgument as exc:
+            assert refused, f"U+{code:04X} refused: {exc}"
+        else:
+            assert not refused, f"U+{code:04X} taken"
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5, 7, 1e9, 1e9 + 1, -1, -0.0, float("nan"), float("inf"), True, 10**400, "1"], ids=lambda v: repr(v)[:12])
+def test_a_timeout_is_taken_as_float_seconds_or_refused(timeout: Any) -> None:
+    valid = type(timeout) in (int, float) and 0 <= timeout <= 1e9  # NaN compares false
+    if valid:
+        assert Acquire("x", timeout).timeout == float(timeout)
+        assert type(Acquire("x", timeout).timeout) is float
+    else:
+        with pytest.raises(errors.InvalidArgument, match="'timeout' must be"):
+            Acquire("x", timeout)

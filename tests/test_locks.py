@@ -235,3 +235,35 @@ def test_a_session_holding_hundreds_of_locks_refreshes_them_all(connect):
     assert coord.statistics()["leases"] == 300
     with pytest.raises(errors.LockTimeout):
         connect("other").ask(Acquire("job-299", timeout=0), block=True, timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_a_lease_marked_lost_sets_its_lost_event_however_the_two_threads_interleave():
+    # The event is made on first use, by whichever thread asks: a holder
+    # starting to wait while the session marks the lease lost must never
+    # miss it.
+    from coordactors.messages.locks import LeaseState
+
+    for _round in range(2000):
+        state = LeaseState()
+        seen = []
+        waiter = threading.Thread(target=lambda: seen.append(state.lost.wait(10)))
+        waiter.start()
+        state.mark_lost("released")
+        waiter.join(15)
+        assert seen == [True]
+        assert state.lost.is_set() and state.cause == "released"
+
+
+def test_a_released_lease_reports_itself_lost_to_check_held_and_its_event(connect):
+    coord = connect("me")
+    lease = coord.ask(Acquire("lazy-event"), block=True)
+    waiting = lease.lost  # made before the release
+    assert lease.held and not waiting.is_set()
+    coord.ask(Release(lease), block=True)
+    assert waiting.wait(10) and not lease.held
+    with pytest.raises(errors.LockLost, match="released"):
+        lease.check()
+    other = coord.ask(Acquire("lazy-event"), block=True)
+    coord.ask(Release(other), block=True)
+    assert other.lost.is_set()  # made after the release

@@ -14,7 +14,6 @@ to fill -- only what is already queued is taken.
 
 from __future__ import annotations
 
-import queue
 from typing import Any, ClassVar
 
 from coordactors import errors
@@ -43,11 +42,9 @@ class Coalescing:
         batch = [message]
         leftover = None
         inbox = self.actor_inbox  # type: ignore[attr-defined]
-        while len(batch) < self.MAX_BATCH:
-            try:
-                envelope = inbox.get_nowait()
-            except queue.Empty:
-                break
+        # The actor thread is the inbox's only reader: not empty means get_nowait has something.
+        while len(batch) < self.MAX_BATCH and not inbox.empty():
+            envelope = inbox.get_nowait()
             queued = envelope.message
             if envelope.reply_to is None and type(queued) is Call and type(queued.message) in coalesced:
                 batch.append(queued)

@@ -77,19 +77,38 @@ class Registry:
         self._alive = alive
         self._fence_floor = fence_floor
         self.dirty = False
+        self.next_expiry = float("inf")
+        """The earliest ``expires`` this transaction wrote (or ``now``, if
+        something it wrote needs a reap at once): a store whose owners never
+        die unseen reaps only once the clock reaches it."""
 
     # -- liveness -------------------------------------------------------------
 
-    def reap(self) -> None:
-        """Remove owners whose process died or whose registration expired, and expired locks."""
+    def reap(self) -> float:
+        """Remove owners whose process died or whose registration expired, and
+        expired locks; return the earliest ``expires`` left (inf if none)."""
+        earliest = float("inf")
         for token, owner in list(self.doc["owners"].items()):
             expires = owner.get("expires")
             if (expires is not None and expires <= self.now) or not self._alive(owner):
                 self.remove_owner(token)
+            elif expires is not None:
+                earliest = min(earliest, expires)
         for name, lock in list(self.doc["locks"].items()):
             if lock["owner"] not in self.doc["owners"] or (lock["expires"] is not None and lock["expires"] <= self.now):
                 del self.doc["locks"][name]
                 self.dirty = True
+            elif lock["expires"] is not None:
+                earliest = min(earliest, lock["expires"])
+        return earliest
+
+    def _expires(self, ttl: float | None) -> float | None:
+        """``now + ttl`` (None for no TTL), noted in ``next_expiry``."""
+        if ttl is None:
+            return None
+        expires = self.now + ttl
+        self.next_expiry = min(self.next_expiry, expires)
+        return expires
 
     def register_owner(self, token: str, member: str, ttl: float | None) -> None:
         """Record a new session of this process."""
@@ -97,7 +116,7 @@ class Registry:
             "member": member,
             "pid": os.getpid(),
             "start": process_start(os.getpid()),
-            "expires": None if ttl is None else self.now + ttl,
+            "expires": self._expires(ttl),
         }
         self.dirty = True
 
@@ -106,7 +125,7 @@ class Registry:
         owner = self.doc["owners"].get(token)
         if owner is None:
             return False
-        owner["expires"] = None if ttl is None else self.now + ttl
+        owner["expires"] = self._expires(ttl)
         self.dirty = True
         return True
 
@@ -228,8 +247,10 @@ class Registry:
         previous = self.doc["fences"].get(name)
         fence = (self._fence_floor if previous is None else int(previous)) + 1
         self.doc["fences"][name] = fence
-        self.doc["locks"][name] = {"owner": token, "member": member, "fence": fence, "expires": None if ttl is None else self.now + ttl}
+        self.doc["locks"][name] = {"owner": token, "member": member, "fence": fence, "expires": self._expires(ttl)}
         self.dirty = True
+        if token not in self.doc["owners"]:
+            self.next_expiry = self.now  # a reaped session's grant: undone by the next reap
         if name.startswith(RESERVED_LOCK_PREFIX):
             self._event(name[len(RESERVED_LOCK_PREFIX) :], "leader", member)
         return fence
@@ -251,7 +272,7 @@ class Registry:
             if lock is None or lock["owner"] != token or lock["fence"] != fence:
                 lost.add((name, fence))
             elif ttl is not None:
-                lock["expires"] = self.now + ttl
+                lock["expires"] = self._expires(ttl)
                 self.dirty = True
         return lost
 

@@ -811,8 +811,7 @@ class SessionActor(pykka.ThreadingActor):
         return still_ours
 
     def _end_lease(self, lease: Lease, cause: str) -> None:
-        lease._state.cause = cause  # noqa: SLF001
-        lease.lost.set()
+        lease._state.mark_lost(cause)  # noqa: SLF001
         self.supervisor.tell(LeaseEnded(lease.name, lease.fence))
 
     def _lose(self, lease: Lease, cause: str) -> None:
@@ -1077,8 +1076,7 @@ class SessionActor(pykka.ThreadingActor):
         cause = str(exc) or type(exc).__name__
         lost = [*self._leases.values(), *self._leaders.values()]
         for lease in lost:
-            lease._state.cause = f"session lost: {cause}"  # noqa: SLF001
-            lease.lost.set()
+            lease._state.mark_lost(f"session lost: {cause}")  # noqa: SLF001
             self._lost[lease.name] = f"fence {lease.fence} was lost at {time.strftime('%H:%M:%S')} with the session"
         self._leases.clear()
         self._leaders.clear()

@@ -12,10 +12,9 @@ never expires (``session_ttl`` = none): it lives as long as its coordinator.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from coordactors.backend_actors._registry import Registry, new_document
 from coordactors.backend_actors.local import LocalSession
@@ -32,16 +31,13 @@ class MemoryStore:
         self._doc = new_document("memory")
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        # In-process owners never die unseen (they deregister or expire), so
+        # the registry needs a reap only once the clock reaches an expiry.
+        self._reap_at = float("inf")
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Registry]:
-        with self._lock:
-            registry = Registry(self._doc, time.monotonic(), _always_alive, 0)
-            registry.reap()
-            yield registry
-            listeners = list(self._listeners) if registry.dirty else ()
-        for listener in listeners:
-            listener()
+    def transaction(self) -> _Transaction:
+        """The registry, exclusively, for one ``with`` block; listeners are told after a change."""
+        return _Transaction(self)
 
     def changed(self) -> bool:
         return False
@@ -57,6 +53,39 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to close: the registry lives as long as the process."""
+
+
+class _Transaction:
+    """``MemoryStore.transaction()``: a plain class, cheaper per request than a generator context manager."""
+
+    __slots__ = ("_registry", "_store")
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> Registry:
+        store = self._store
+        store._lock.acquire()
+        try:
+            now = time.monotonic()
+            self._registry = registry = Registry(store._doc, now, _always_alive, 0)
+            if now >= store._reap_at:
+                store._reap_at = registry.reap()
+        except BaseException:
+            store._lock.release()
+            raise
+        return registry
+
+    def __exit__(self, *exc_info: object) -> None:
+        store, registry = self._store, self._registry
+        try:
+            if registry.next_expiry < store._reap_at:
+                store._reap_at = registry.next_expiry
+            listeners = list(store._listeners) if registry.dirty and exc_info[0] is None else ()
+        finally:
+            store._lock.release()
+        for listener in listeners:
+            listener()
 
 
 def _always_alive(owner: dict[str, Any]) -> bool:

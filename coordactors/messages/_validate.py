@@ -6,10 +6,11 @@ Failures are worded as attrs words them: "'timeout' must be >= 0 or None
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
-import unicodedata
+import re
 from typing import Any, Callable
 
 from coordactors.errors import InvalidArgument
@@ -32,6 +33,10 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Unicode's Cc (control) and Cs (surrogate) characters: what a name must not contain."""
+
+
 def name(value: Any, what: str) -> str:
     """Return a valid name (group, lock, member id) or raise InvalidArgument.
 
@@ -39,24 +44,26 @@ def name(value: Any, what: str) -> str:
     control characters.  Backends encode names for their own key syntax, so
     '/' and '.' are allowed.
     """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidArgument(f"'{what}' must be UTF-8 when given as bytes (got {_describe(value)})") from None
-    if not isinstance(value, str):
-        raise InvalidArgument(f"'{what}' must be str or bytes (got {type(value).__name__} {_describe(value)})")
+    if type(value) is not str:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument(f"'{what}' must be UTF-8 when given as bytes (got {_describe(value)})") from None
+        if not isinstance(value, str):
+            raise InvalidArgument(f"'{what}' must be str or bytes (got {type(value).__name__} {_describe(value)})")
     if not value:
         raise InvalidArgument(f"'{what}' must not be empty")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgument(f"'{what}' must be encodable as UTF-8 (got {_describe(value)})") from None
-    if size > MAX_NAME_BYTES:
-        raise InvalidArgument(f"'{what}' must be at most {MAX_NAME_BYTES} UTF-8 bytes (got {size})")
-    for char in value:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise InvalidArgument(f"'{what}' must not contain control characters (got {_describe(value)})")
+    # An ASCII name's length is its size in bytes, and it always encodes.
+    if not value.isascii() or len(value) > MAX_NAME_BYTES:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"'{what}' must be encodable as UTF-8 (got {_describe(value)})") from None
+        if size > MAX_NAME_BYTES:
+            raise InvalidArgument(f"'{what}' must be at most {MAX_NAME_BYTES} UTF-8 bytes (got {size})")
+    if _FORBIDDEN.search(value) is not None:
+        raise InvalidArgument(f"'{what}' must not contain control characters (got {_describe(value)})")
     return value
 
 
@@ -77,6 +84,8 @@ def timeout(value: Any, what: str = "timeout") -> float | None:
     """None (wait forever) or a finite number of seconds >= 0."""
     if value is None:
         return None
+    if (type(value) is float or type(value) is int) and 0 <= value <= MAX_SECONDS:
+        return float(value)  # the common case, with no NaN, infinity or overflow to rule out
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"'{what}' must be a number of seconds or None (got {_describe(value)})")
     try:
@@ -105,10 +114,14 @@ def flag(value: Any, what: str) -> bool:
     return value
 
 
+_CAPABILITIES_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+"""json.dumps with these options would build a new encoder per call."""
+
+
 def capabilities_json(value: Any) -> str:
     """Serialise capabilities to compact JSON, or raise InvalidArgument."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+        text = _CAPABILITIES_ENCODER.encode(value)
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError) as exc:
         raise InvalidArgument(f"'capabilities' must be JSON-serialisable ({exc})") from None
@@ -119,9 +132,4 @@ def capabilities_json(value: Any) -> str:
 
 def converter(check: Callable[[Any, str], Any], what: str) -> Callable[[Any], Any]:
     """Bind a field name to a check, for use as an attrs converter."""
-
-    def convert(value: Any) -> Any:
-        return check(value, what)
-
-    convert.__name__ = f"check_{what}"
-    return convert
+    return functools.partial(check, what=what)

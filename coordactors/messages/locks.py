@@ -15,6 +15,9 @@ from coordactors.messages.base import Message
 __all__ = ["Acquire", "Lease", "Release"]
 
 
+_EVENT_CREATION = threading.Lock()
+
+
 class LeaseState:
     """The mutable part of a Lease, shared between the holder and its session.
 
@@ -22,14 +25,42 @@ class LeaseState:
     request that granted or last refreshed the lease was SENT, minus a drift
     margin: a holder must never believe in a lease longer than the backend
     does.
+
+    The ``lost`` event is made the first time someone asks for it: most
+    leases are released without anyone waiting on it, and a
+    ``threading.Event`` costs a condition variable to make and to set.
     """
 
-    __slots__ = ("cause", "expires_at", "lost")
+    __slots__ = ("_event", "cause", "expires_at", "is_lost")
 
     def __init__(self, expires_at: float | None = None) -> None:
-        self.lost = threading.Event()
         self.expires_at = expires_at
         self.cause: str | None = None
+        self.is_lost = False
+        self._event: threading.Event | None = None
+
+    @property
+    def lost(self) -> threading.Event:
+        """Set once the lease is lost (made on first use)."""
+        event = self._event
+        if event is None:
+            with _EVENT_CREATION:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+        # After publishing the event: mark_lost either sees it and sets it,
+        # or set is_lost before this reads it.
+        if self.is_lost:
+            event.set()
+        return event
+
+    def mark_lost(self, cause: str) -> None:
+        """The lease is no longer guaranteed, because of ``cause``."""
+        self.cause = cause
+        self.is_lost = True
+        event = self._event
+        if event is not None:
+            event.set()
 
 
 @attrs.frozen
@@ -75,7 +106,7 @@ class Lease:
     def check(self) -> None:
         """Raise :class:`~coordactors.errors.LockLost` if the lease is no longer guaranteed."""
         state = self._state
-        if state.lost.is_set():
+        if state.is_lost:
             raise LockLost(f"lock {self.name!r} (fence {self.fence}) was lost: {state.cause}")
         if state.expires_at is not None and time.monotonic() >= state.expires_at:
             raise LockLost(f"lock {self.name!r} (fence {self.fence}) expired locally: its TTL of {self.ttl}s ran out without a refresh")
