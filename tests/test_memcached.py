@@ -458,3 +458,39 @@ def test_queued_acquires_and_releases_are_pipelined_and_answered_one_by_one(coor
     # Two pipelines: the six fences, then the six adds with both releases.
     assert pipelines == [[b"ma"] * 6, [b"ms"] * 6 + [b"md"] * 2]
     other.ask(Release(taken), block=True, timeout=10)
+
+
+# -- pipelined meta replies ---------------------------------------------------------
+
+
+class _Trickle:
+    """A socket that hands out what the server sent a few bytes at a time."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def recv(self, _size: int) -> bytes:
+        chunk, self.data = self.data[: self.step], self.data[self.step :]
+        return chunk
+
+
+@pytest.mark.parametrize("step", [1, 5, 4096, 1 << 20])
+def test_pipelined_meta_replies_are_read_whole_however_the_bytes_arrive(step: int) -> None:
+    from coordactors.backend_actors.memcached import _read_meta_replies
+
+    replies = [b"HD c%d" % i for i in range(2000)] + [b"VA 5", b"12\r\n3", b"NS", b"EX", b"NF"]
+    data = b"\r\n".join(replies) + b"\r\nMN\r\n"
+    got = _read_meta_replies(_Trickle(data, step), 2004)  # type: ignore[arg-type]
+    assert got[:2000] == [[b"HD c%d" % i] for i in range(2000)]
+    assert got[2000:] == [[b"VA 5", b"12\r\n3"], [b"NS"], [b"EX"], [b"NF"]]
+
+
+def test_a_pipeline_answered_with_more_or_fewer_replies_than_sent_is_an_error() -> None:
+    from pymemcache.exceptions import MemcacheServerError, MemcacheUnexpectedCloseError
+
+    from coordactors.backend_actors.memcached import _read_meta_replies
+
+    with pytest.raises(MemcacheServerError, match="more than the 1"):
+        _read_meta_replies(_Trickle(b"HD\r\nHD\r\nMN\r\n", 3), 1)  # type: ignore[arg-type]
+    with pytest.raises(MemcacheUnexpectedCloseError):
+        _read_meta_replies(_Trickle(b"HD\r\n", 3), 2)  # type: ignore[arg-type]

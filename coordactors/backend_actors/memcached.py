@@ -213,7 +213,7 @@ _ERRORS: tuple[tuple[type[BaseException], type[errors.CoordinationError], str], 
 class _Connection:
     """A pymemcache client plus what was registered through it."""
 
-    __slots__ = ("cas", "client", "grants_from", "groups", "held", "meta", "token")
+    __slots__ = ("cas", "client", "grants_from", "groups", "held", "meta", "refresh_lines", "token")
 
     def __init__(self, client: Client, grants_from: float, meta: bool) -> None:
         self.client = client
@@ -227,6 +227,8 @@ class _Connection:
         """Held lock -> the cas unique of this connection's own write of it, while known (meta protocol)."""
         self.groups: set[str] = set()
         """Groups joined (or reclaimed) through this connection: their member keys are refreshed."""
+        self.refresh_lines: dict[str, tuple[int, int, bytes, bytes]] = {}
+        """Held lock -> (fence, expire, the refresh command around its cas unique): the same every heartbeat."""
 
 
 class _View:
@@ -677,23 +679,18 @@ class MemcachedSession(Coalescing, SessionActor):
 
     def _pipeline(self, commands: list[bytes]) -> list[list[bytes]]:
         """Send meta ``commands`` in one write, read every reply (a status line,
-        and a value line after ``VA``) up to a closing no-op: one round trip."""
+        and a value after ``VA``) up to a closing no-op: one round trip."""
         if not commands:
             return []
-        lines = self.conn.client.raw_command(b"\r\n".join(commands) + b"\r\nmn", end_tokens=b"MN\r\n").split(b"\r\n")
-        replies: list[list[bytes]] = []
-        index = 0
-        while len(replies) < len(commands):
-            if index >= len(lines) or not lines[index]:
-                raise MemcacheServerError(f"memcached answered {len(replies)} of {len(commands)} pipelined commands")
-            line = lines[index]
-            if line.startswith(b"VA"):
-                replies.append([line, lines[index + 1]])
-                index += 2
-            else:
-                replies.append([line])
-                index += 1
-        return replies
+        client = self.conn.client
+        if client.sock is None:
+            client._connect()  # noqa: SLF001
+        try:
+            client.sock.sendall(b"\r\n".join(commands) + b"\r\nmn\r\n")
+            return _read_meta_replies(client.sock, len(commands))
+        except Exception:
+            client.close()
+            raise
 
     def _expired(self, key: str, raw: bytes, cas: bytes | None) -> bool:
         """Whether the lock value ``raw`` has stood unchanged, as this session watched, for its holder's whole TTL.
@@ -786,12 +783,70 @@ class MemcachedSession(Coalescing, SessionActor):
         return released
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        conn = self.conn
+        # A lease whose last write this connection knows the cas unique of is
+        # rewritten by a pipelined meta compare-and-set: one round trip for
+        # all of them.  The others (an older server, a lock taken over with
+        # plain cas) are read first, then rewritten: two round trips.
+        known: list[Lease] = []
+        rest: list[Lease] = []
+        for lease in leases:
+            mine = conn.meta and lease.name in conn.cas and conn.held.get(lease.name) == lease.fence
+            (known if mine else rest).append(lease)
+        lost, unsure = self._refresh_known(known)
+        lost |= self._refresh_read_first(unsure + rest)
+        for name, fence in lost:
+            if conn.held.get(name) == fence:
+                del conn.held[name]
+        return lost
+
+    def _refresh_known(self, leases: list[Lease]) -> tuple[set[tuple[str, int]], list[Lease]]:
+        """Rewrite ``leases`` if unchanged since this connection's own last write:
+        (those found gone, those changed since -- for a closer look)."""
+        if not leases:
+            return set(), []
+        conn = self.conn
+        cas, lines, fresh = conn.cas, conn.refresh_lines, {}
+        expiries: dict[float | None, int] = {}
+        commands = []
+        for lease in leases:
+            # A lease's value, key and expiry stay the same from one heartbeat
+            # to the next: only the cas unique changes.
+            expire = expiries.get(lease.ttl)
+            if expire is None:
+                expire = expiries[lease.ttl] = self._exptime(lease.ttl)
+            line = lines.get(lease.name)
+            if line is None or line[0] != lease.fence or line[1] != expire:
+                head, tail = _meta_set_if(self.keys.lock(lease.name), self._lock_value(conn, lease.fence, lease.ttl), expire)
+                line = (lease.fence, expire, head, tail)
+            fresh[lease.name] = line
+            commands.append(line[2] + cas[lease.name] + line[3])
+        conn.refresh_lines = fresh
+        lost, unsure = set(), []
+        for lease, reply in zip(leases, self._pipeline(commands)):
+            status, *flags = reply[0].split() or [b""]
+            if status == b"HD":
+                # The reply is "HD c<unique>": only the flag asked for comes back.
+                written = flags[0][1:] if len(flags) == 1 and flags[0][:1] == b"c" else _returned_cas(flags)
+                if written is None:
+                    cas.pop(lease.name, None)
+                else:
+                    cas[lease.name] = written
+            elif status == b"NF":
+                cas.pop(lease.name, None)
+                lost.add((lease.name, lease.fence))
+            else:  # EX: written since; the read decides
+                unsure.append(lease)
+        return lost, unsure
+
+    def _refresh_read_first(self, leases: list[Lease]) -> set[tuple[str, int]]:
+        """Read ``leases``' locks, rewrite those still this connection's: two round trips."""
+        if not leases:
+            return set()
         conn, client = self.conn, self.conn.client
         keys = {self.keys.lock(lease.name): lease for lease in leases}
         found = client.gets_many(list(keys))
         lost = set()
-        # Every still-ours lease's cas goes out in one write: two round trips
-        # for any number of leases, not one per lease.
         by_expiry: dict[int, dict[str, tuple[bytes, bytes]]] = {}
         for key, lease in keys.items():
             value = self._lock_value(conn, lease.fence, lease.ttl)
@@ -805,9 +860,6 @@ class MemcachedSession(Coalescing, SessionActor):
                 if not stored:
                     lease = keys[key]
                     lost.add((lease.name, lease.fence))
-        for name, fence in lost:
-            if conn.held.get(name) == fence:
-                del conn.held[name]
         for lease in leases:
             conn.cas.pop(lease.name, None)  # rewritten: a new cas unique, not known here
         return lost
@@ -933,6 +985,12 @@ def _meta_add(key: str, value: bytes, expire: int) -> bytes:
     return b"ms %s %d ME c T%d\r\n%s" % (key.encode("ascii"), len(value), expire, value)
 
 
+def _meta_set_if(key: str, value: bytes, expire: int) -> tuple[bytes, bytes]:
+    """The meta command that sets ``key`` if its cas unique is still the one
+    that goes between the two parts, and asks for the new one back."""
+    return b"ms %s %d C" % (key.encode("ascii"), len(value)), b" c T%d\r\n%s" % (expire, value)
+
+
 def _meta_delete_if(key: str, cas: bytes) -> bytes:
     """The meta command that deletes ``key`` if its cas unique is still ``cas``."""
     return b"md " + key.encode("ascii") + b" C" + cas
@@ -941,6 +999,33 @@ def _meta_delete_if(key: str, cas: bytes) -> bytes:
 def _returned_cas(flags: list[bytes]) -> bytes | None:
     """The cas unique a meta reply's flags carry (``c<unique>``), if any."""
     return next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
+
+
+def _read_meta_replies(sock: socket.socket, count: int) -> list[list[bytes]]:
+    """Read ``count`` meta replies (``[status]``, or ``[status, value]`` after
+    ``VA``) and the ``MN`` that closes them.  Parsed as they arrive: pymemcache's
+    ``raw_command`` drops a reply longer than one read."""
+    buf, pos, replies = b"", 0, []
+    while True:
+        while (end := buf.find(b"\r\n", pos)) >= 0:
+            line = buf[pos:end]
+            if line.startswith(b"VA "):
+                size = int(line.split()[1])
+                if len(buf) < end + 2 + size + 2:
+                    break  # the value is still on its way
+                replies.append([line, buf[end + 2:end + 2 + size]])
+                pos = end + 2 + size + 2
+                continue
+            pos = end + 2
+            if len(replies) == count:
+                if line != b"MN":
+                    raise MemcacheServerError(f"memcached answered more than the {count} pipelined commands: {line[:40]!r}")
+                return replies
+            replies.append([line])
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise MemcacheUnexpectedCloseError()
+        buf, pos = buf[pos:] + chunk, 0
 
 
 def _owned_by(raw: bytes | None, conn: _Connection, fence: int) -> bool:
