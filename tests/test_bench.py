@@ -137,3 +137,23 @@ def test_callers_sharing_a_coordinator_keep_locks_exclusive(connect: Any) -> Non
     assert len(fences["shared"]) == 12 * 8
     for name, issued in fences.items():
         assert issued == sorted(issued) and len(set(issued)) == len(issued), name
+
+
+def test_the_16_caller_gain_is_the_median_of_back_to_back_pairs() -> None:
+    from coordactors.bench.targets import check, median, shared_gains
+
+    def row(mode: str, throughput: float, run: int | None = None) -> dict[str, Any]:
+        fields = {"backend": "redis", "operation": "lock", "contender": "ask", "mode": mode, "sample": {"throughput": throughput, "p50_us": 1.0}}
+        return fields if run is None else {**fields, "run": run}
+
+    data = {
+        "backends": {"redis": ""}, "floors": {"queue_pingpong": {"p50_us": 40.0}}, "settings": {"sweep_operations": ["lock"]},
+        # A slow moment on the first pair's one-caller run would pass alone (5x); the median of the three pairs decides.
+        "results": [row("c1", 1000.0), row("c16", 5000.0)],
+        "gain_repeats": [row("c1", 2000.0, 2), row("c16", 4000.0, 2), row("c1", 2000.0, 3), row("c16", 5000.0, 3)],
+    }
+    assert shared_gains(data, "redis", "lock") == [5.0, 2.0, 2.5]
+    assert median([5.0, 2.0, 2.5]) == 2.5 and median([3.0, 1.0]) == 1.0
+    [gain] = [t for t in check(data) if t["target"] == "16 callers share one coordinator"]
+    assert gain["value"] == 2.5 and not gain["ok"]
+    assert "median of 3 back-to-back pairs (5.0x, 2.0x, 2.5x)" in gain["detail"]

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+from coordactors.bench.targets import median, shared_gains
+
 __all__ = ["write_all"]
 
 CONTENDERS = ("raw", "ask", "submit", "asyncio", "tooz")
@@ -214,15 +216,14 @@ def rst_summary(data: dict[str, Any]) -> str:
         table.append(cells)
     out += _rst_table(["backend", "raw client", "ask", "submit", "asyncio", "tooz"], table)
     out += ["", "Lock acquire + release throughput (operations/s): one caller, 16 callers sharing one coordinator, "
-            "16 tooz coordinators:", ""]
+            "16 tooz coordinators; gain: ask x16 over ask x1, the median of that pair and two more run back to back:", ""]
     table = []
     for backend in data["backends"]:
         def tput(contender: str, mode: str) -> str:
             r = rows.get((backend, "lock", contender, mode))
             return f"{r['sample']['throughput']:.0f}" if r and r.get("sample") else "n/a"
-        one, shared = rows.get((backend, "lock", "ask", "c1")), rows.get((backend, "lock", "ask", "c16"))
-        gain = (f"{shared['sample']['throughput'] / one['sample']['throughput']:.1f}x"
-                if one and shared and one.get("sample") and shared.get("sample") else "n/a")
+        gains = shared_gains(data, backend, "lock")
+        gain = f"{median(gains):.1f}x" if gains else "n/a"
         table.append([backend, tput("ask", "c1"), tput("ask", "c16"), tput("asyncio", "c16"), gain, tput("tooz", "c1"), tput("tooz", "sep16")])
     out += _rst_table(["backend", "ask x1", "ask x16", "asyncio x16", "gain", "tooz x1", "tooz 16 coords"], table)
     targets = data.get("targets", [])

@@ -23,6 +23,8 @@ __all__ = ["main"]
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results")
 SIMPLE_CONTENDERS = ("raw", "ask", "submit", "asyncio", "tooz")
 SWEEP = (("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"), ("raw", "sep16"), ("tooz", "sep16"))
+GAIN_RUNS = 3
+"""The 16-caller gain is the median of this many back-to-back (one caller, 16 callers) pairs: one pair swings with the machine."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                      "event_samples": args.events, "failover_rounds": args.failovers, "operations": [op.name for op in operations],
                      "sweep_operations": sweep, "quick": args.quick},
         "operation_titles": {op.name: op.title for op in OPERATIONS},
-        "results": [], "heartbeat": [], "events": [], "failover": [],
+        "results": [], "gain_repeats": [], "heartbeat": [], "events": [], "failover": [],
     }
     print(f"floors ({data['machine']['loadavg_at_start']} load)...", flush=True)
     floor_runs: list[dict[str, Any]] = []
@@ -139,6 +141,10 @@ def _bench_backend(backend: Any, operations: list[Any], sweep: list[str], args: 
             for contender, mode in runs:
                 fields = {"backend": backend.name, "operation": op.name, "contender": contender, "mode": mode}
                 _record(data, "results", fields, lambda: run_trial(fixture, op, contender, mode, iterations=args.iterations, duration=args.duration))
+            for run in range(2, 1 + (GAIN_RUNS if op.name in sweep and not args.quick else 1)):
+                for mode in ("c1", "c16"):
+                    fields = {"backend": backend.name, "operation": op.name, "contender": "ask", "mode": mode, "run": run}
+                    _record(data, "gain_repeats", fields, lambda: run_trial(fixture, op, "ask", mode, iterations=args.iterations, duration=args.duration))
         round_trip = next((r["sample"]["p50_us"] for r in data["results"] if r["backend"] == backend.name
                            and r["operation"] == "trylock" and r["contender"] == "raw" and r.get("sample")), None)
         ask_trip = next((r["sample"]["p50_us"] for r in data["results"] if r["backend"] == backend.name
