@@ -302,3 +302,53 @@ def test_the_fake_rolls_back_a_failed_transaction_and_applies_lock_delay_and_beh
             assert client.kv.get("k/l")[1]["LockIndex"] == 2
         finally:
             client.http.session.close()
+
+
+def test_the_fake_answers_transactions_reads_and_the_catalog_as_consul_does():
+    from consul.callback import CB
+
+    with FakeConsulAgent() as agent:
+        client = consul.Consul(host="127.0.0.1", port=agent.port)
+        try:
+            client.kv.put("k/a", "1")
+            client.kv.put("k/a/b", "2")
+            client.kv.put("k/c", "3")
+            # get-tree of a missing key gives nothing; get of one fails the transaction
+            ok = client.txn.put([{"KV": {"Verb": "get-tree", "Key": "k/gone"}}, {"KV": {"Verb": "get-tree", "Key": "k/c"}}])
+            assert [r["KV"]["Key"] for r in ok["Results"]] == ["k/c"]
+            with pytest.raises(consul.exceptions.ClientError, match="413"):
+                client.txn.put([{"KV": {"Verb": "get-tree", "Key": "k/"}}] * 65)
+            assert client.kv.get("k/", keys=True, separator="/")[1] == ["k/a", "k/a/", "k/c"]
+            # what tooz's driver does first: the agent's node, registered again, a session on it
+            node = client.agent.self()["Member"]["Name"]
+            assert client.catalog.register(node=node, address="127.0.0.1") is True
+            assert client.session.info(client.session.create(node=node, ttl=10))[1]["Node"] == node
+            assert client.catalog.register(node="other", address="10.0.0.2") is True
+            assert client.session.info(client.session.create(node="other", ttl=10))[1]["Node"] == "other"
+            with pytest.raises(consul.exceptions.ConsulException, match="Missing node registration"):
+                client.http.put(CB.json(is_id=True), "/v1/session/create", data='{"Node": "nowhere"}')
+        finally:
+            client.http.session.close()
+
+
+def test_toozs_consul_driver_locks_and_keeps_groups_on_the_fake():
+    pytest.importorskip("tooz")
+    from coordactors.bench.contenders import open_tooz
+
+    with FakeConsulAgent() as agent:
+        url = f"consul://127.0.0.1:{agent.port}?namespace=tooz"
+        first, second = open_tooz(url, "m1"), open_tooz(url, "m2")
+        try:
+            lock, contender = first.get_lock(b"x"), second.get_lock(b"x")
+            assert lock.acquire(blocking=False) and not contender.acquire(blocking=False)
+            assert lock.release() and contender.acquire(blocking=False) and contender.release()
+            first.create_group(b"g").get()
+            first.join_group(b"g", b"caps").get()
+            second.join_group(b"g").get()
+            first.update_capabilities(b"g", b"new").get()
+            assert second.get_member_capabilities(b"g", b"m1").get() == b"new"
+            first.leave_group(b"g").get()
+            assert second.get_members(b"g").get() == {b"m2"}
+        finally:
+            first.stop()
+            second.stop()

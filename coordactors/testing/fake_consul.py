@@ -12,11 +12,17 @@ serving from a daemon thread, with a reaper thread that expires sessions.
 
 Endpoints, with Consul's documented semantics:
 
-* ``PUT /v1/session/create`` (``Name``, ``TTL`` 10s..24h, ``Behavior``
-  ``release``/``delete``, ``LockDelay``, default 15s) -> ``{"ID": ...}``;
+* ``GET /v1/agent/self``: ``Config`` (``Datacenter`` ``dc1``, ``NodeName``)
+  and ``Member`` (``Name``, ``Addr``) of the agent's node, ``fake-consul``.
+* ``PUT /v1/catalog/register`` of a node (``Node``, ``Address``; 400
+  without them) -> ``true``.
+* ``PUT /v1/session/create`` (``Name``, ``Node`` -- the agent's by default,
+  500 ``Missing node registration`` for a node not in the catalog -- ``TTL``
+  10s..24h, ``Behavior`` ``release``/``delete``, ``LockDelay``, default
+  15s) -> ``{"ID": ...}``;
   ``PUT /v1/session/renew/<id>`` (404 once the session is gone);
   ``PUT /v1/session/destroy/<id>``; ``GET /v1/session/info/<id>``.
-* ``GET /v1/kv/<key>`` (``recurse``, ``keys``, blocking ``index``/``wait``,
+* ``GET /v1/kv/<key>`` (``recurse``, ``keys`` with ``separator``, blocking ``index``/``wait``,
   ``X-Consul-Index``, 404 for nothing), ``PUT`` (``acquire``, ``release``,
   ``cas``, ``flags``; body = value; answers ``true``/``false``), ``DELETE``
   (``recurse``, ``cas``).  Entries carry ``CreateIndex``, ``ModifyIndex``,
@@ -24,7 +30,9 @@ Endpoints, with Consul's documented semantics:
 * ``PUT /v1/txn``: KV verbs ``set``, ``cas``, ``lock``, ``unlock``, ``get``,
   ``get-tree``, ``check-index``, ``check-session``, ``check-not-exists``,
   ``delete``, ``delete-tree``, ``delete-cas``; all or nothing, one index for
-  the whole transaction; 409 with ``Errors`` (``OpIndex``, ``What``).
+  the whole transaction; 409 with ``Errors`` (``OpIndex``, ``What``) -- a
+  ``get`` of a missing key fails it, a ``get-tree`` gives nothing; 413 for
+  more than 64 operations.
 * ACLs, only as far as a wrong token goes: ``FakeConsulAgent(token=...)``
   answers 403 ``ACL not found`` to a request without that token.
 
@@ -44,9 +52,10 @@ Fidelity limits -- what a real agent does and this fake does not:
 * A blocking query waits on the index of its key prefix (the highest
   ``ModifyIndex`` under it, or of a delete under it) and returns early at
   ``stop()``; there is no jitter of wait/16 and ``wait`` is capped at 10 min.
-* Only the endpoints above; no ``separator``, ``dc``, ``ns``, ``partition``,
-  ``raw``, filtering, or ACL policies; values are bytes, keys are whatever
-  the URL path decodes to.
+* Only the endpoints above; the catalog holds nodes only (no services,
+  checks or health); no ``dc``, ``ns``, ``partition``, ``raw``, filtering,
+  or ACL policies; values are bytes, keys are whatever the URL path decodes
+  to.
 """
 
 from __future__ import annotations
@@ -60,13 +69,19 @@ import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Iterator
 from typing import Any, Self
 
 from coordactors._signals import signals_blocked
 
 __all__ = ["FakeConsulAgent"]
+
+NODE = "fake-consul"
+"""The agent's node name (``/v1/agent/self``), on which sessions are created by default."""
+
+MAX_TXN_OPS = 64
+"""Consul's limit on the operations of one transaction (413 beyond it)."""
 
 _DURATION = re.compile(r"([\d.]+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -118,11 +133,12 @@ class _Entry:
 
 
 class _Session:
-    __slots__ = ("behavior", "create_index", "expires_at", "id", "lock_delay", "name", "ttl")
+    __slots__ = ("behavior", "create_index", "expires_at", "id", "lock_delay", "name", "node", "ttl")
 
-    def __init__(self, name: str, ttl: float | None, behavior: str, lock_delay: float, index: int) -> None:
+    def __init__(self, name: str, node: str, ttl: float | None, behavior: str, lock_delay: float, index: int) -> None:
         self.id = str(uuid.uuid4())
         self.name = name
+        self.node = node
         self.ttl = ttl
         self.behavior = behavior
         self.lock_delay = lock_delay
@@ -133,7 +149,7 @@ class _Session:
         return {
             "ID": self.id,
             "Name": self.name,
-            "Node": "fake-consul",
+            "Node": self.node,
             "LockDelay": int(self.lock_delay * 1e9),
             "Behavior": self.behavior,
             "TTL": "" if self.ttl is None else f"{self.ttl:g}s",
@@ -142,6 +158,14 @@ class _Session:
             "CreateIndex": self.create_index,
             "ModifyIndex": self.create_index,
         }
+
+
+def _restore(table: dict[str, Any], key: str, saved: Any) -> None:
+    """Put back a table's value for ``key`` as journaled (None: it had none)."""
+    if saved is None:
+        table.pop(key, None)
+    else:
+        table[key] = saved
 
 
 class _Store:
@@ -153,6 +177,7 @@ class _Store:
         self.index = 1
         self.kv: dict[str, _Entry] = {}
         self.sessions: dict[str, _Session] = {}
+        self.nodes: dict[str, str] = {NODE: "127.0.0.1"}  # the catalog's nodes: name -> address
         self.tombstones: dict[str, int] = {}
         self.lock_delay_until: dict[str, float] = {}
         self.stopping = False
@@ -163,10 +188,27 @@ class _Store:
         # While a transaction runs: each touched key's state before it, to
         # roll back without copying the store.
         self._journal: dict[str, tuple[_Entry | None, int | None, float | None]] | None = None
+        # What reads computed at the current index: blocking queries woken by
+        # one write (or by their 50 ms poll) share it instead of each walking
+        # the prefix again.  Every change of the store moves the index.
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._memo_index = 0
 
     # -- indexes -------------------------------------------------------------
 
+    def memoized(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()``, at most once per store index for each ``key``."""
+        if self._memo_index != self.index:
+            self._memo, self._memo_index = {}, self.index
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def prefix_index(self, prefix: str, exact: bool) -> int:
+        index: int = self.memoized(("index", prefix, exact), lambda: self._prefix_index(prefix, exact))
+        return index
+
+    def _prefix_index(self, prefix: str, exact: bool) -> int:
         if exact:
             entry = self.kv.get(prefix)
             return entry.modify_index if entry is not None else self.tombstones.get(prefix, 1)
@@ -196,11 +238,9 @@ class _Store:
 
     def _roll_back(self, journal: dict[str, tuple[_Entry | None, int | None, float | None]]) -> None:
         for key, (entry, tombstone, delay) in journal.items():
-            for table, saved in ((self.kv, entry), (self.tombstones, tombstone), (self.lock_delay_until, delay)):
-                if saved is None:
-                    table.pop(key, None)
-                else:
-                    table[key] = saved  # type: ignore[index]
+            _restore(self.kv, key, entry)
+            _restore(self.tombstones, key, tombstone)
+            _restore(self.lock_delay_until, key, delay)
 
     def _bump(self) -> int:
         self.index += 1
@@ -286,7 +326,8 @@ class _Store:
     def txn(self, ops: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         with self.cond:
             self.expire_sessions()
-            self._journal = journal = {}
+            journal: dict[str, tuple[_Entry | None, int | None, float | None]] = {}
+            self._journal = journal
             index = self.index + 1
             results: list[dict[str, Any]] = []
             wrote = False
@@ -338,7 +379,7 @@ class _Store:
             return [released.json(False)], True
         if verb == "get":
             if entry is None:
-                raise _Conflict(f'key "{key}" does not exist')
+                raise _Conflict(f'key "{key}" doesn\'t exist')
             return [entry.json()], False
         if verb == "get-tree":
             return [e.json() for e in self.entries_under(key)], False
@@ -391,8 +432,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------
 
-    def _reply(self, code: int, body: Any, index: int | None = None, raw: bool = False) -> None:
-        data = (body if isinstance(body, bytes) else body.encode()) if raw else json.dumps(body).encode()
+    def _reply(self, code: int, body: Any, index: int | None = None, raw: bool = False, encoded: bool = False) -> None:
+        """Answer ``body``: JSON-encoded here, or already (``encoded``), or text (``raw``)."""
+        if raw or encoded:
+            data = body if isinstance(body, bytes) else body.encode()
+        else:
+            data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain; charset=utf-8" if raw else "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -424,12 +469,45 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/v1/session/"):
                 self._session(method, path[len("/v1/session/"):], body)
             elif path == "/v1/txn" and method == "PUT":
-                code, answer = server.store.txn(json.loads(body or b"[]"))
+                ops = json.loads(body or b"[]")
+                if len(ops) > MAX_TXN_OPS:
+                    self._reply(413, f"Transaction contains too many operations ({len(ops)} > {MAX_TXN_OPS})", raw=True)
+                    return
+                code, answer = server.store.txn(ops)
                 self._reply(code, answer, index=server.store.index)
+            elif path == "/v1/agent/self" and method == "GET":
+                self._reply(200, self._agent_self())
+            elif path == "/v1/catalog/register" and method == "PUT":
+                self._register(body)
             else:
                 self._reply(404, f"no handler for {method} {path}", raw=True)
         except ValueError as exc:
             self._reply(400, f"Bad request: {exc}", raw=True)
+
+    def _agent_self(self) -> dict[str, Any]:
+        """The local agent: a server, alone in datacenter ``dc1``."""
+        address, _port = self.server.server_address[:2]
+        return {
+            "Config": {"Datacenter": "dc1", "NodeName": NODE, "NodeID": self.server.node_id, "Server": True, "Version": "fake"},
+            "Member": {"Name": NODE, "Addr": address, "Port": 8301, "Tags": {"dc": "dc1", "role": "consul"}, "Status": 1},
+            "Meta": {},
+        }
+
+    def _register(self, body: bytes) -> None:
+        """``PUT /v1/catalog/register`` of a node (services and checks are not faked)."""
+        spec = {k.lower(): v for k, v in json.loads(body or b"{}").items()}
+        if spec.get("service") or spec.get("check") or spec.get("checks"):
+            raise ValueError("the fake agent registers nodes only, not services or checks")
+        if not spec.get("node"):
+            raise ValueError("Must provide node")
+        if not spec.get("address"):
+            raise ValueError("Must provide address")
+        store = self.server.store
+        with store.cond:
+            store.nodes[spec["node"]] = spec["address"]
+            store._bump()
+            store.cond.notify_all()
+            self._reply(200, True, index=store.index)
 
     def do_GET(self) -> None:
         self._route("GET")
@@ -456,7 +534,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if behavior not in ("release", "delete"):
                     raise ValueError(f"Invalid Behavior setting '{behavior}'")
                 lock_delay = _duration(spec["lockdelay"]) if "lockdelay" in spec else 15.0
-                created = _Session(spec.get("name") or "", ttl, behavior, lock_delay, store._bump())
+                node = spec.get("node") or NODE
+                if node not in store.nodes:
+                    self._reply(500, "Missing node registration", raw=True)
+                    return
+                created = _Session(spec.get("name") or "", node, ttl, behavior, lock_delay, store._bump())
                 store.sessions[created.id] = created
                 store.cond.notify_all()
                 self._reply(200, {"ID": created.id}, index=store.index)
@@ -543,16 +625,27 @@ class _Handler(BaseHTTPRequestHandler):
                     store.cond.wait(min(left, 0.05))
                     store.expire_sessions()
             index = store.prefix_index(key, exact)
-            if exact:
-                entries = [store.kv[key]] if key in store.kv else []
-            else:
-                entries = store.entries_under(key)
-            if not entries:
+            separator = params.get("separator") if "keys" in params else None
+            body = store.memoized(("get", key, exact, "keys" in params, separator), lambda: self._listing(key, exact, "keys" in params, separator))
+            if body is None:
                 self._reply(404, b"", index=index, raw=True)
-            elif "keys" in params:
-                self._reply(200, [e.key for e in entries], index=index)
             else:
-                self._reply(200, [e.json() for e in entries], index=index)
+                self._reply(200, body, index=index, encoded=True)
+
+    def _listing(self, key: str, exact: bool, keys_only: bool, separator: str | None) -> bytes | None:
+        """The JSON answer of a read of ``key`` (None: nothing there); with a
+        ``separator``, each key is cut after the first one past ``key``."""
+        store = self.server.store
+        entries = ([store.kv[key]] if key in store.kv else []) if exact else store.entries_under(key)
+        if not entries:
+            return None
+        if not keys_only:
+            return json.dumps([e.json() for e in entries]).encode()
+        names = [e.key for e in entries]
+        if separator:
+            cut = (name.find(separator, len(key)) for name in names)
+            names = list(dict.fromkeys(name if at < 0 else name[:at + len(separator)] for name, at in zip(names, cut)))
+        return json.dumps(names).encode()
 
 
 class _Server(ThreadingHTTPServer):
@@ -563,6 +656,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", port), _Handler)
         self.store = store
         self.token = token
+        self.node_id = str(uuid.uuid4())
         self.lock = threading.Lock()
         self.connections: set[socket.socket] = set()
 
