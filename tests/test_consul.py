@@ -208,6 +208,144 @@ def test_a_stopped_coordinator_leaves_no_reader_thread(url):
     wait_until(lambda: not [t for t in threading.enumerate() if t.name == "ConsulEvents[a]"], timeout=5)
 
 
+def _lock_key(namespace, name):
+    import base64
+
+    return f"{namespace}/l/" + base64.urlsafe_b64encode(name.encode()).rstrip(b"=").decode()
+
+
+def _conn(coord):
+    return coord._route.session.proxy().conn.get()
+
+
+class _Gate:
+    """Parks a coordinator's reader before its next blocking query until
+    ``open()``, so that the writes made meanwhile reach it in one answer;
+    records how many new log entries each answer's view carried."""
+
+    def __init__(self, coord, raw, namespace):
+        conn = _conn(coord)
+        self._go, parked = threading.Event(), threading.Event()
+        self.new_entries: list[int] = []
+        listing, view = conn.reader.kv.get, conn.follower.view
+
+        def gated_listing(*args, **kwargs):
+            parked.set()
+            assert self._go.wait(30), "the gate was never opened"
+            return listing(*args, **kwargs)
+
+        def counted_view(*args, **kwargs):
+            result = view(*args, **kwargs)
+            self.new_entries.append(len(result.log))
+            return result
+
+        conn.reader.kv.get, conn.follower.view = gated_listing, counted_view
+        # A key of no meaning ends the query under way: the reader parks.
+        raw.kv.put(f"{namespace}/poke", "")
+        assert parked.wait(10), "the reader never came back for its next query"
+
+    def open(self):
+        self._go.set()
+
+
+def test_a_release_deletes_the_lock_key_and_wakes_a_waiter_at_once(coordinators, url, namespace, raw):
+    # Heartbeats (which retry every waiter) too rare to be what grants it.
+    slow = "&session_ttl=60&heartbeat_interval=20"
+    a, b = coordinators("a", url + slow), coordinators("b", url + slow)
+    a.ask(Release(a.ask(Acquire("jobs"), block=True, timeout=10)), block=True, timeout=10)
+    assert raw.kv.get(_lock_key(namespace, "jobs"))[1] is None
+    lease = a.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = b.submit(Acquire("jobs"), timeout=15)
+    a.ask(Release(lease), block=True, timeout=10)
+    granted = waiting.result(timeout=5)
+    assert granted.member_id == "b" and granted.fence > lease.fence
+
+
+def test_a_lock_taken_and_freed_between_two_answers_still_wakes_the_waiter(coordinators, url, namespace, raw):
+    slow = "&session_ttl=60&heartbeat_interval=20"
+    a, b = coordinators("a", url + slow), coordinators("b", url + slow)
+    lease = a.ask(Acquire("jobs"), block=True, timeout=10)
+    gate = _Gate(b, raw, namespace)  # b's reader never sees the lock held
+    waiting = b.submit(Acquire("jobs"), timeout=15)
+    a.ask(Release(lease), block=True, timeout=10)
+    gate.open()
+    assert waiting.result(timeout=5).member_id == "b"
+
+
+def test_events_stay_in_order_when_several_transactions_land_between_two_answers(coordinators, url, namespace, raw):
+    watcher, a, b = coordinators("watcher", url), coordinators("a", url), coordinators("b", url)
+    seen = EventRecorder()
+    watcher.create_group("g")
+    watcher.watch("g", seen)
+    gate = _Gate(watcher, raw, namespace)
+    a.join("g")
+    b.join("g")
+    a.campaign("g")
+    b.campaign("g")
+    wait_until(lambda: a.leader("g") == "a")
+    a.stand_down("g")
+    wait_until(lambda: b.leader("g") == "b")
+    a.leave("g")
+    gate.open()
+    events = seen.wait_for(lambda events: len(events) >= 5)
+    assert events == [MemberJoined("g", "a"), MemberJoined("g", "b"), LeaderElected("g", "a"), LeaderElected("g", "b"), MemberLeft("g", "a")]
+    assert 5 in gate.new_entries  # all in the one answer after the gate
+
+
+def test_log_entries_pruned_between_an_answer_and_their_fetch_still_give_the_events(coordinators, url, namespace, raw, monkeypatch):
+    from coordactors.backend_actors.consul import ConsulSession
+
+    watcher, a, b = coordinators("watcher", url), coordinators("a", url), coordinators("b", url)
+    seen = EventRecorder()
+    watcher.create_group("g")
+    watcher.watch("g", seen)
+    a.campaign("g")
+    seen.wait_for_event(LeaderElected("g", "a"))
+    gate = _Gate(watcher, raw, namespace)
+    b.join("g")
+    b.campaign("g")
+    a.stand_down("g")
+    wait_until(lambda: b.leader("g") == "b")
+    fetch = ConsulSession._fetch
+
+    def pruned_first(self, conn, keys):
+        # As if the new entries were pruned after the watcher's answer listed them.
+        if self.member_id == "watcher":
+            for key in keys:
+                if "/log/" in key:
+                    raw.kv.delete(key)
+        return fetch(self, conn, keys)
+
+    monkeypatch.setattr(ConsulSession, "_fetch", pruned_first)
+    gate.open()
+    events = seen.wait_for(lambda events: len(events) >= 3)
+    assert events == [LeaderElected("g", "a"), MemberJoined("g", "b"), LeaderElected("g", "b")]
+
+
+def test_a_reader_that_missed_a_leader_entry_reads_the_holder_from_the_lock(coordinators, url, namespace, raw, monkeypatch):
+    from coordactors.backend_actors import consul as backend
+
+    monkeypatch.setattr(backend, "LOG_KEEP", 2)
+    watcher, a, b, churn = (coordinators(name, url) for name in ("watcher", "a", "b", "churn"))
+    seen = EventRecorder()
+    watcher.create_group("g")
+    watcher.watch("g", seen)
+    a.campaign("g")
+    seen.wait_for_event(LeaderElected("g", "a"))
+    gate = _Gate(watcher, raw, namespace)
+    b.campaign("g")
+    a.stand_down("g")
+    wait_until(lambda: b.leader("g") == "b")
+    for _ in range(4):  # enough entries for the others to prune b's
+        churn.join("g")
+        churn.leave("g")
+    log = f"{namespace}/log/"
+    wait_until(lambda: len([k for k in _keys(raw, namespace) if k.startswith(log)]) <= 4)
+    gate.open()
+    seen.wait_for_event(LeaderElected("g", "b"))
+    assert watcher.leader("g") == "b"
+
+
 # -- the fake agent itself ----------------------------------------------------------------
 
 

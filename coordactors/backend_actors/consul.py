@@ -24,8 +24,9 @@ Keys, under ``<namespace>/`` (names are base64url-encoded, so any name --
 ``g/<group>/``             the group
 ``g/<group>/<member>``     a membership, acquired by the member's session;
                            value ``{"caps": ..., "token": ...}``
-``l/<lock>``               a lock, acquired by its holder's session; value
-                           ``{"member": ..., "token": ...}``
+``l/<lock>``               a lock, acquired by its holder's session and
+                           deleted at release (so it exists exactly while
+                           held); value ``{"member": ..., "token": ...}``
 ``log/<uuid>``             an event: ``{"g": group, "k": join|leave|leader,
                            "m": member}``
 =========================  ==================================================
@@ -41,8 +42,11 @@ Mechanisms:
   rather than after its TTL.
 * lock: a transaction ``check-index`` (or ``check-not-exists``) + ``lock``
   (KV acquire with the session) -- the check keeps a key left in a foreign
-  format from being overwritten.  Release is ``check-index`` + ``unlock``
-  (KV release).  Locks and memberships are deleted with the session.
+  format from being overwritten; an unlocked key (left by an older version,
+  which unlocked rather than deleted) is taken the same way.  Release is
+  ``delete-cas`` with the lock's ModifyIndex: the key goes, so a reader that
+  sees key names only knows the lock is free.  Locks and memberships are
+  deleted with the session.
 * fence: ``epoch + ModifyIndex`` of the acquiring write.  ModifyIndex is
   Consul's global raft index, so it is strictly increasing across every
   holder of a key, even one deleted and re-created in between (LockIndex
@@ -54,12 +58,20 @@ Mechanisms:
   entry in the SAME transaction as the change, so the log cannot disagree
   with the state; all of a transaction's writes share one raft index, so the
   entries' CreateIndex orders them exactly.  A reader thread (its own HTTP
-  session) runs blocking queries with ``index`` on the whole namespace: each
-  answer is a consistent snapshot, whose new log entries become
-  MemberJoined/MemberLeft/LeaderElected in order, and whose state reveals
-  what no log records -- members deleted with an expired session
-  (MemberLeft) and locks freed (waiters are woken at once).  The log is
-  pruned to the newest ``LOG_KEEP`` entries.
+  session) runs blocking queries with ``index`` listing the key NAMES of the
+  whole namespace (``?keys``), not their values, so a write costs each
+  reader a list of names, parsed only where it differs from the last one.
+  Each answer is a consistent snapshot: its log keys not seen before are
+  read by transactions of ``get-tree`` verbs (64 per transaction, Consul's
+  limit; ``get-tree`` rather than ``get``, which fails the whole transaction
+  for an entry pruned meanwhile) and become MemberJoined/MemberLeft/
+  LeaderElected in CreateIndex order; its names reveal what no log records
+  -- members deleted with an expired session (MemberLeft) and locks freed,
+  their keys gone (waiters are woken at once).  A leader lock's holder is
+  the member of the group's newest ``leader`` entry; where that entry may
+  have been pruned unread, the lock key itself is read.  Readers prune the
+  log to the newest ``LOG_KEEP`` entries, oldest first; one that fell
+  further behind learns what it missed from the names.
 """
 
 from __future__ import annotations
@@ -94,8 +106,13 @@ __all__ = ["ConsulSession"]
 READER_WAIT = 1.0
 """Seconds a blocking query waits: also how long a stopped reader may linger."""
 
-LOG_KEEP = 1000
-"""Event-log entries kept; pruning starts at twice as many."""
+LOG_KEEP = 256
+"""Event-log entries kept; pruning starts at twice as many.  A reader needs
+only the entries newer than its last answer; one further behind learns what
+it missed from the state (members, lock holders) instead."""
+
+TXN_OPS = 64
+"""Consul's limit on the operations of one transaction."""
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
 
@@ -120,46 +137,182 @@ def _raw(response: Any) -> Any:
 class _Connection:
     """The command client, the reader's client and thread, and the Consul session."""
 
-    def __init__(self, client: consul.Consul, reader: consul.Consul, session_id: str, epoch: int, index: int, entries: list[dict[str, Any]]) -> None:
+    def __init__(self, client: consul.Consul, reader: consul.Consul, session_id: str, epoch: int, index: int, follower: _Follower) -> None:
         self.client = client
         self.reader = reader
         self.session_id = session_id
         self.epoch = epoch
         self.index = index
-        self.entries = entries
+        self.follower = follower
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
 
 
 class _View:
-    """One consistent look at the namespace (a blocking query's answer)."""
+    """What one answer of the reader's blocking query shows of the namespace."""
 
-    def __init__(self, prefix: str, entries: list[dict[str, Any]] | None) -> None:
-        self.log: list[tuple[int, str, str, str, str]] = []  # (CreateIndex, key, group, kind, member)
-        self.members: dict[str, set[str]] = {}
-        self.held: dict[str, str | None] = {}  # lock name -> holder member (locked keys only)
-        groups, members, locks, log = prefix + "g/", prefix + "g/", prefix + "l/", prefix + "log/"
-        for entry in entries or ():
-            key = entry["Key"]
-            try:
-                if key.startswith(log):
-                    event = json.loads(entry["Value"] or b"{}")
-                    self.log.append((entry["CreateIndex"], key, event["g"], event["k"], event["m"]))
-                elif key.startswith(locks):
-                    if entry.get("Session"):
-                        value = json.loads(entry["Value"] or b"{}")
-                        self.held[_dec(key[len(locks):])] = value.get("member")
-                elif key.startswith(groups):
-                    group_part, _, member_part = key[len(members):].partition("/")
-                    members_of = self.members.setdefault(_dec(group_part), set())
-                    if member_part:
-                        members_of.add(_dec(member_part))
-            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-                continue  # a foreign key: not ours to interpret
-        self.log.sort()
+    def __init__(self, members: dict[str, frozenset[str]], locks: frozenset[str]) -> None:
+        self.log: list[tuple[int, str, str, str, str]] = []  # (CreateIndex, key, group, kind, member), new entries only
+        self.members = members
+        self.locks = locks  # the lock keys that exist: held (a release deletes the key)
+        self.leaders: dict[str, str] = {}  # group -> holder of its leader lock, where known
 
     def leader(self, group: str) -> str | None:
-        return self.held.get(leader_lock_name(group))
+        return self.leaders.get(group)
+
+
+def _meaning(prefix: str, key: str) -> tuple[str, str, str | None] | None:
+    """What a key says: ("log", key, None), ("l", lock, None), ("g", group,
+    member, or None for the group's own key); None for a foreign key."""
+    kind, _, rest = key[len(prefix):].partition("/")
+    try:
+        if kind == "log":
+            return kind, key, None
+        if kind == "l":
+            return kind, _dec(rest), None
+        if kind == "g":
+            group_part, _, member_part = rest.partition("/")
+            return kind, _dec(group_part), _dec(member_part) if member_part else None
+    except (ValueError, binascii.Error):
+        pass  # not ours to interpret
+    return None
+
+
+def _value(entry: dict[str, Any]) -> bytes:
+    """A transaction result's value (base64 in the HTTP API)."""
+    return base64.b64decode(entry.get("Value") or "")
+
+
+class _Follower:
+    """The reader thread's memory between answers, so an answer listing key
+    names suffices: the keys listed last (each answer's are parsed only where
+    they differ), which log entries were read (with their CreateIndex, to
+    prune the oldest), and who holds the leader locks.
+
+    Every leader-lock acquisition writes a ``leader`` log entry in the same
+    transaction, so the newest such entry names the holder -- unless entries
+    were pruned before this reader read them.  Pruning deletes the oldest
+    first, so while the newest entry known before an answer is still in it,
+    nothing newer was pruned; otherwise (or if an entry vanished between the
+    answer and its fetch) the holders are read from the lock keys instead.
+    """
+
+    def __init__(self, prefix: str, keys: list[str], log: dict[str, int]) -> None:
+        self.prefix = prefix
+        self.log = log  # log key -> CreateIndex, of the entries read
+        self.holders: dict[str, str | None] = {}  # leader lock name -> holder (None: a value not ours)
+        self._keys: set[str] = set()
+        self._meanings: dict[str, tuple[str, str, str | None]] = {}
+        self._log_keys: set[str] = set()
+        self._locks: set[str] = set()
+        self._groups: dict[str, set[str | None]] = {}
+        self._members: dict[str, frozenset[str]] = {}
+        self._newest: tuple[int, str] | None = None  # of self.log
+        self._list(keys)
+        self._forget_log_keys_not_listed()
+
+    def oldest(self, count: int) -> list[str]:
+        return sorted(self.log, key=lambda key: (self.log[key], key))[:count]
+
+    def view(self, keys: list[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]) -> _View:
+        """The view of one keys-only answer; ``fetch`` reads the entries of
+        the keys given (in transactions), leaving out those gone meanwhile."""
+        newest = self._newest
+        self._list(keys)
+        view = _View(dict(self._members), frozenset(self._locks))
+        gap = newest[1] not in self._log_keys if newest is not None else bool(self._log_keys)
+        if not self.log.keys() <= self._log_keys:
+            self._forget_log_keys_not_listed()
+        new = sorted(self._log_keys - self.log.keys())
+        leader_locks = {name for name in view.locks if name.startswith(RESERVED_LOCK_PREFIX)}
+        self.holders = {} if gap else {name: holder for name, holder in self.holders.items() if name in leader_locks}
+        unknown = sorted(leader_locks - self.holders.keys())
+        entries = fetch(new + [self._lock_key(name) for name in unknown])
+        if any(key not in entries for key in new):
+            # Pruned since the answer: a leader entry among them is lost.
+            rest = sorted(leader_locks - set(unknown))
+            entries.update(fetch([self._lock_key(name) for name in rest]))
+            unknown += rest
+        for key in new:
+            if key in entries:
+                self._read_log_entry(entries[key], view)
+        view.log.sort()
+        for _index, _key, group, kind, member in view.log:
+            if kind == "leader" and leader_lock_name(group) in leader_locks:
+                self.holders[leader_lock_name(group)] = member
+        # A lock key read now is at least as new as the answer: it wins.
+        for name in unknown:
+            entry = entries.get(self._lock_key(name))
+            if entry is None:
+                self.holders.pop(name, None)
+            else:
+                self.holders[name] = _member_in(_value(entry)) if entry.get("Session") else None
+        view.leaders = {name[len(RESERVED_LOCK_PREFIX):]: holder for name, holder in self.holders.items() if holder is not None}
+        return view
+
+    def _forget_log_keys_not_listed(self) -> None:
+        self.log = {key: index for key, index in self.log.items() if key in self._log_keys}
+        self._newest = max(((index, key) for key, index in self.log.items()), default=None)
+
+    def _list(self, keys: list[str]) -> None:
+        """Take in the keys of an answer, parsing only those not listed last time."""
+        listed = set(keys)
+        changed: set[str] = set()
+        for key in self._keys - listed:
+            meaning = self._meanings.pop(key, None)
+            if meaning is not None:
+                self._note(meaning, changed, False)
+        for key in listed - self._keys:
+            meaning = _meaning(self.prefix, key)
+            if meaning is not None:
+                self._meanings[key] = meaning
+                self._note(meaning, changed, True)
+        self._keys = listed
+        for group in changed:
+            names = self._groups.get(group)
+            if names:
+                self._members[group] = frozenset(name for name in names if name is not None)
+            else:
+                self._groups.pop(group, None)
+                self._members.pop(group, None)
+
+    def _note(self, meaning: tuple[str, str, str | None], changed: set[str], listed: bool) -> None:
+        """Count a key in (``listed``) or out of the sets it belongs to."""
+        kind, name, member = meaning
+        if kind == "g":
+            changed.add(name)
+            in_group = self._groups.setdefault(name, set())
+            if listed:
+                in_group.add(member)
+            else:
+                in_group.discard(member)
+            return
+        of_kind = self._log_keys if kind == "log" else self._locks
+        if listed:
+            of_kind.add(name)
+        else:
+            of_kind.discard(name)
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self.prefix}l/{_enc(name)}"
+
+    def _read_log_entry(self, entry: dict[str, Any], view: _View) -> None:
+        self.log[entry["Key"]] = entry["CreateIndex"]
+        self._newest = max(self._newest or (0, ""), (entry["CreateIndex"], entry["Key"]))
+        try:
+            event = json.loads(_value(entry))
+            view.log.append((entry["CreateIndex"], entry["Key"], event["g"], event["k"], event["m"]))
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            pass  # a foreign entry: not ours to interpret
+
+
+def _member_in(value: bytes | None) -> str | None:
+    """The member a held lock key's value names; None if it is not ours."""
+    try:
+        member = json.loads(value or b"{}")["member"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return member if isinstance(member, str) else None
 
 
 class ConsulSession(SessionActor):
@@ -228,8 +381,13 @@ class ConsulSession(SessionActor):
                 raise errors.InvalidArgument(
                     f"key {prefix}epoch on {self.url} holds data in a format coordactors does not know; it was left untouched"
                 ) from None
-            index, entries = client.kv.get(prefix, recurse=True)
-            return _Connection(client, reader, session_id, epoch, int(index), entries or [])
+            index, keys = client.kv.get(prefix, keys=True)
+            # The log's CreateIndexes, to prune the oldest first; entries
+            # newer than the keys' answer are the reader's to find.
+            listed = set(keys or ())
+            _index, log = client.kv.get(prefix + "log/", recurse=True)
+            follower = _Follower(prefix, keys or [], {e["Key"]: e["CreateIndex"] for e in log or () if e["Key"] in listed})
+            return _Connection(client, reader, session_id, epoch, int(index), follower)
         except BaseException:
             if session_id is not None:
                 try:
@@ -244,10 +402,9 @@ class ConsulSession(SessionActor):
         conn = self.conn
         self._epoch = conn.epoch
         self._watch_from: dict[str, int] = {}
-        view = _View(self._prefix, conn.entries)
-        self._held_seen = set(view.held)
-        self._log_seen = view.log[-1][0] if view.log else 0
-        conn.entries = []
+        self._held_seen: frozenset[str] = frozenset()
+        # Every log entry that existed at the connection's first answer is older than it.
+        self._log_seen = conn.index
         conn.thread = threading.Thread(target=self._follow, args=(conn, conn.index), name=f"ConsulEvents[{self.member_id}]", daemon=True)
         conn.thread.start()
 
@@ -261,32 +418,46 @@ class ConsulSession(SessionActor):
         # closes its own HTTP session; closing it from here would race it.
 
     def _follow(self, conn: _Connection, index: int) -> None:
-        """Reader thread: blocking queries on the namespace; hand each new view to the actor."""
-        prefix = self._prefix
+        """Reader thread: blocking queries on the namespace's key names; hand each new view to the actor."""
+        prefix, follower = self._prefix, conn.follower
         try:
             while not conn.stopping.is_set():
                 try:
-                    new_index, entries = conn.reader.kv.get(prefix, recurse=True, index=index, wait=f"{READER_WAIT:g}s")
+                    new_index, keys = conn.reader.kv.get(prefix, keys=True, index=index, wait=f"{READER_WAIT:g}s")
+                    new_index = int(new_index)
+                    if new_index == index:
+                        continue
+                    view = follower.view(keys or [], lambda wanted: self._fetch(conn, wanted))
                 except Exception as exc:  # noqa: BLE001 - any failure ends the reader
                     if not conn.stopping.is_set():
                         self.run_on_actor(self._reader_failed, conn, exc)
                     return
-                new_index = int(new_index)
-                if new_index == index:
-                    continue
                 # An index that went backwards (a restored or reset Consul) restarts the wait, as Consul's docs say.
                 index = new_index if new_index > index else 0
-                view = _View(prefix, entries)
                 self.run_on_actor(self._on_view, conn, new_index, view)
-                if len(view.log) > 2 * LOG_KEEP:
-                    self._prune(conn, view)
+                if len(follower.log) > 2 * LOG_KEEP:
+                    self._prune(conn, follower.oldest(len(follower.log) - LOG_KEEP))
         finally:
             conn.reader.http.session.close()
 
-    def _prune(self, conn: _Connection, view: _View) -> None:
-        old = [key for _ci, key, *_rest in view.log[: len(view.log) - LOG_KEEP]]
-        for start in range(0, len(old), 64):
-            ops = [{"KV": {"Verb": "delete", "Key": key}} for key in old[start:start + 64]]
+    def _fetch(self, conn: _Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Reader thread: the entries of ``keys`` that still exist, by key, read
+        in transactions of ``get-tree`` verbs -- a ``get`` of a key deleted
+        meanwhile (a pruned log entry, a released lock) would fail its whole
+        transaction; ``get-tree`` of it gives nothing."""
+        wanted, found = set(keys), {}
+        for start in range(0, len(keys), TXN_OPS):
+            ops = [{"KV": {"Verb": "get-tree", "Key": key}} for key in keys[start:start + TXN_OPS]]
+            response = conn.reader.http.put(_raw, "/v1/txn", data=json.dumps(ops), headers=conn.reader.prepare_headers())
+            consul.callback.CB._status(response)
+            for result in json.loads(response.body).get("Results") or ():
+                if result["KV"]["Key"] in wanted:  # get-tree of "k" also gives "k2"
+                    found[result["KV"]["Key"]] = result["KV"]
+        return found
+
+    def _prune(self, conn: _Connection, old: list[str]) -> None:
+        for start in range(0, len(old), TXN_OPS):
+            ops = [{"KV": {"Verb": "delete", "Key": key}} for key in old[start:start + TXN_OPS]]
             try:
                 conn.reader.http.put(_raw, "/v1/txn", data=json.dumps(ops), headers=conn.reader.prepare_headers())
             except Exception:  # noqa: BLE001 - pruning is best effort
@@ -318,7 +489,7 @@ class ConsulSession(SessionActor):
         for group, (members, leader) in list(self._snapshots.items()):
             if index < self._watch_from.get(group, 0):
                 continue
-            now = frozenset(view.members.get(group, ()))
+            now = view.members.get(group, frozenset())
             for member in sorted(members - now):
                 self.emit(MemberLeft(group, member))
             for member in sorted(now - members):
@@ -327,11 +498,17 @@ class ConsulSession(SessionActor):
             if holder is not None and holder != leader:
                 self.emit(LeaderElected(group, holder))
             self._snapshots[group] = (now, holder)
-        held = set(view.held)
-        freed = self._held_seen - held
-        self._held_seen = held
+        # A lock acquired and freed between two answers is in neither: the
+        # locks waited for here are retried whenever they are not held.
+        freed = (self._held_seen | self._waited_for()) - view.locks
+        self._held_seen = view.locks
         if freed:
             self.wake(freed)
+
+    def _waited_for(self) -> set[str]:
+        """The locks a waiting acquire or a campaign here wants."""
+        leaders = {leader_lock_name(group) for group in self._campaigns if group not in self._leaders}
+        return leaders | self._waiters.keys()
 
     # -- keys and requests ---------------------------------------------------------
 
@@ -451,16 +628,16 @@ class ConsulSession(SessionActor):
 
     def do_get_members(self, group: str) -> frozenset[str]:
         key = self._group_key(group)
-        _index, entries = self.conn.client.kv.get(key, recurse=True)
-        if not any(e["Key"] == key for e in entries or ()):
+        _index, keys = self.conn.client.kv.get(key, keys=True)
+        if key not in (keys or ()):
             raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group")
         members = set()
-        for entry in entries:
-            if entry["Key"] != key:
+        for member_key in keys:
+            if member_key != key:
                 try:
-                    members.add(_dec(entry["Key"][len(key):]))
+                    members.add(_dec(member_key[len(key):]))
                 except (ValueError, binascii.Error):
-                    raise self._foreign(entry["Key"]) from None
+                    raise self._foreign(member_key) from None
         return frozenset(members)
 
     def do_get_capabilities(self, group: str, member: str) -> str:
@@ -526,11 +703,9 @@ class ConsulSession(SessionActor):
         return self._epoch + int(locked["ModifyIndex"])
 
     def do_release(self, name: str, fence: int) -> bool:
-        key = self._lock_key(name)
-        results, _failed = self._txn([
-            self._kv_op("check-index", key, index=fence - self._epoch),
-            self._kv_op("unlock", key, self._lock_value(), session=True),
-        ])
+        # Deleted, not unlocked: to the readers, which list key names only, a
+        # lock is free exactly when its key is gone.
+        results, _failed = self._txn([self._kv_op("delete-cas", self._lock_key(name), index=fence - self._epoch)])
         return results is not None
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
@@ -562,10 +737,27 @@ class ConsulSession(SessionActor):
             ) from None
 
     def do_watch(self, group: str) -> None:
-        index, entries = self.conn.client.kv.get(self._prefix, recurse=True)
-        view = _View(self._prefix, entries)
-        self._snapshots[group] = (frozenset(view.members.get(group, ())), view.leader(group))
-        self._watch_from[group] = int(index)
+        index, keys = self.conn.client.kv.get(self._prefix, keys=True)
+        keys = keys or []
+        index, leader = int(index), None
+        name = leader_lock_name(group)
+        if self._lock_key(name) in keys:
+            entry = self._get(self._lock_key(name))
+            if entry is not None:
+                leader = _member_in(entry["Value"]) if entry.get("Session") else None
+                # Taken after the listing: the snapshot is as of then.
+                index = max(index, int(entry["ModifyIndex"]))
+        self._snapshots[group] = (self._members_listed(group, keys), leader)
+        self._watch_from[group] = index
+
+    def _members_listed(self, group: str, keys: list[str]) -> frozenset[str]:
+        """The members of ``group`` in a listing of the namespace's keys."""
+        group_key, members = self._group_key(group), set()
+        for key in keys:
+            meaning = _meaning(self._prefix, key) if key.startswith(group_key) else None
+            if meaning is not None and meaning[2] is not None:
+                members.add(meaning[2])
+        return frozenset(members)
 
     def do_unwatch(self, group: str) -> None:
         self.forget_snapshot(group)
