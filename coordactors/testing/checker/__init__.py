@@ -407,6 +407,19 @@ class _Run:
         self._await_restoration(fault)
         faults.append(fault)
 
+    def _observer(self) -> coordactors.Coordinator:
+        """A coordinator to look at the group with.  Just after a node came back
+        a cluster may refuse new connections a moment (Redis's sentinels can
+        report no master while they reconfigure): retried, bounded."""
+        deadline = time.monotonic() + 10 + self.ttl
+        while True:
+            try:
+                return coordactors.connect(self.url, f"checker-observer-{uuid.uuid4().hex[:6]}")
+            except errors.BackendUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                threading.Event().wait(0.2)
+
     def _await_restoration(self, fault: dict[str, Any]) -> None:
         """Wait (bounded) until every session lost since the fault is restored; then compare the group."""
         at = fault["at"]
@@ -423,7 +436,7 @@ class _Run:
         self.sink.wait(lambda: any(r["k"] == "grant" and r["at"] > healed for _, r in self.sink.records), self.ttl * 3 + 5)
         expected = {self.workers[w].config["member"] for w in self.live()}
         members: set[str] | None = None
-        with coordactors.connect(self.url, f"checker-observer-{uuid.uuid4().hex[:6]}") as observer:
+        with self._observer() as observer:
             deadline = time.monotonic() + 5 + self.ttl
             while time.monotonic() < deadline:  # member expiry of a dead session may take up to a TTL
                 members = set(observer.members(self.group))
