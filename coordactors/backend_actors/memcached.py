@@ -826,8 +826,7 @@ class MemcachedSession(Coalescing, SessionActor):
         for lease, reply in zip(leases, self._pipeline(commands)):
             status, *flags = reply[0].split() or [b""]
             if status == b"HD":
-                # The reply is "HD c<unique>": only the flag asked for comes back.
-                written = flags[0][1:] if len(flags) == 1 and flags[0][:1] == b"c" else _returned_cas(flags)
+                written = _returned_cas(flags)
                 if written is None:
                     cas.pop(lease.name, None)
                 else:
@@ -998,6 +997,8 @@ def _meta_delete_if(key: str, cas: bytes) -> bytes:
 
 def _returned_cas(flags: list[bytes]) -> bytes | None:
     """The cas unique a meta reply's flags carry (``c<unique>``), if any."""
+    if len(flags) == 1 and flags[0][:1] == b"c":
+        return flags[0][1:]  # the usual reply: only the flag asked for came back
     return next((flag[1:] for flag in flags if flag.startswith(b"c")), None)
 
 
