@@ -52,6 +52,7 @@ from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
 from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
+from coordactors.backend_actors._redis_wire import Script, Wire
 from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
@@ -87,10 +88,11 @@ def _hosts(value: str, what: str) -> list[tuple[str, int]]:
 
 
 class _Connection:
-    """The command client, the stream reader and its thread."""
+    """The command client, its connection the session talks on, the stream reader and its thread."""
 
     def __init__(self, client: redis.Redis, reader: redis.Redis) -> None:
         self.client = client
+        self.wire = Wire(client)
         self.reader = reader
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
@@ -186,7 +188,7 @@ class RedisSession(Coalescing, SessionActor):
         self._stream = f"{ns}:events"
         self._groups_key = f"{ns}:groups"
         client = self.conn.client
-        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in
+        self._scripts = {name: Script(getattr(scripts, name)) for name in
                          ("JOIN", "LEAVE", "UPDATE", "MEMBERS", "DELETE_GROUP", "ACQUIRE", "RELEASE", "REFRESH")}
         self._watch_from: dict[str, tuple[int, int]] = {}
         """Watched group -> the stream's last entry before its snapshot."""
@@ -207,6 +209,7 @@ class RedisSession(Coalescing, SessionActor):
         if conn.thread is not None and conn.thread is not threading.current_thread():
             conn.thread.join(5)
         conn.reader.close()
+        conn.wire.close()
         conn.client.close()
 
     def _follow_stream(self, conn: _Connection, last_id: str) -> None:
@@ -303,25 +306,24 @@ class RedisSession(Coalescing, SessionActor):
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
+        # EVALSHA straight away, in one write.  A server that lost the
+        # scripts answers NOSCRIPT: those calls then take the usual path,
+        # which loads them.
+        commands: list[tuple[Any, ...]] = []
+        for call, (kind, data) in run:
+            msg = call.message
+            if kind == "acquire":
+                commands.append(("EVALSHA", self._scripts["ACQUIRE"].sha, 4, self._lock_key(msg.name), self._fence_key(msg.name), self._stream,
+                                 self._waiting_key(msg.name), f"{self.token}|", f"|{self.member_id}", self._ttl_ms(data), fence_floor(),
+                                 "", self.member_id, STREAM_LENGTH, self._ttl_ms(None)))
+            elif kind == "release":
+                commands.append(("EVALSHA", self._scripts["RELEASE"].sha, 3, self._lock_key(msg.name), self._stream, self._waiting_key(msg.name),
+                                 self._lock_value(data.fence), msg.name, STREAM_LENGTH))
+            else:
+                commands.append(("EVALSHA", self._scripts["MEMBERS"].sha, 3, self._groups_key, self._group_key(msg.group), self._stream,
+                                 msg.group, f"{self._ns}:alive:", STREAM_LENGTH))
         try:
-            with self.conn.client.pipeline(transaction=False) as pipe:
-                # EVALSHA straight away: a Script called on a pipeline makes
-                # redis-py check SCRIPT EXISTS first, one round trip more.
-                # A server that lost the scripts answers NOSCRIPT: those
-                # calls then take the usual path, which loads them.
-                for call, (kind, data) in run:
-                    msg = call.message
-                    if kind == "acquire":
-                        pipe.evalsha(self._scripts["ACQUIRE"].sha, 4, self._lock_key(msg.name), self._fence_key(msg.name), self._stream,
-                                     self._waiting_key(msg.name), f"{self.token}|", f"|{self.member_id}", self._ttl_ms(data), fence_floor(),
-                                     "", self.member_id, STREAM_LENGTH, self._ttl_ms(None))
-                    elif kind == "release":
-                        pipe.evalsha(self._scripts["RELEASE"].sha, 3, self._lock_key(msg.name), self._stream, self._waiting_key(msg.name),
-                                     self._lock_value(data.fence), msg.name, STREAM_LENGTH)
-                    else:
-                        pipe.evalsha(self._scripts["MEMBERS"].sha, 3, self._groups_key, self._group_key(msg.group), self._stream,
-                                     msg.group, f"{self._ns}:alive:", STREAM_LENGTH)
-                results = pipe.execute(raise_on_error=False)
+            results = self.conn.wire.many(commands)
         except Exception:  # noqa: BLE001 - the usual path reports it, call by call
             for call, _item in run:
                 self._serve(call)
@@ -343,6 +345,10 @@ class RedisSession(Coalescing, SessionActor):
             else:
                 self._deliver(call, frozenset(result))
         self.retry_freed(freed)
+
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run the Lua script named ``script`` (see ``redis_scripts``)."""
+        return self.conn.wire.evalsha(self._scripts[script], keys, args)
 
     # -- keys -------------------------------------------------------------------
 
@@ -371,13 +377,14 @@ class RedisSession(Coalescing, SessionActor):
     # -- groups ---------------------------------------------------------------------
 
     def do_create_group(self, group: str) -> None:
-        if not self.conn.client.sadd(self._groups_key, group):
+        if not self.conn.wire.call("SADD", self._groups_key, group):
             raise errors.GroupAlreadyExists(f"cannot create group {group!r}: it exists already")
 
     def do_delete_group(self, group: str) -> None:
-        result = self._scripts["DELETE_GROUP"](
-            keys=[self._groups_key, self._group_key(group), self._stream, self._lock_key(leader_lock_name(group))],
-            args=[group, f"{self._ns}:alive:", STREAM_LENGTH],
+        result = self._eval(
+            "DELETE_GROUP",
+            [self._groups_key, self._group_key(group), self._stream, self._lock_key(leader_lock_name(group))],
+            [group, f"{self._ns}:alive:", STREAM_LENGTH],
         )
         if result == "nogroup":
             raise errors.GroupNotFound(f"cannot delete group {group!r}: no such group")
@@ -385,15 +392,16 @@ class RedisSession(Coalescing, SessionActor):
             raise errors.GroupNotEmpty(f"cannot delete group {group!r}: it still has members")
 
     def do_get_groups(self) -> frozenset[str]:
-        return frozenset(self.conn.client.smembers(self._groups_key))
+        return frozenset(self.conn.wire.call("SMEMBERS", self._groups_key))
 
     def do_group_exists(self, group: str) -> bool:
-        return bool(self.conn.client.sismember(self._groups_key, group))
+        return bool(self.conn.wire.call("SISMEMBER", self._groups_key, group))
 
     def do_join(self, group: str, capabilities_json: str, create: bool) -> None:
-        result = self._scripts["JOIN"](
-            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
-            args=[group, self.member_id, self._entry(capabilities_json), self.token, self._ttl_ms(None), "1" if create else "0", STREAM_LENGTH],
+        result = self._eval(
+            "JOIN",
+            [self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
+            [group, self.member_id, self._entry(capabilities_json), self.token, self._ttl_ms(None), "1" if create else "0", STREAM_LENGTH],
         )
         if result == "nogroup":
             raise errors.GroupNotFound(f"cannot join {group!r}: no such group")
@@ -401,9 +409,10 @@ class RedisSession(Coalescing, SessionActor):
             raise errors.MemberAlreadyJoined(f"cannot join {group!r}: member {self.member_id!r} is already a member")
 
     def do_leave(self, group: str) -> None:
-        result = self._scripts["LEAVE"](
-            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
-            args=[group, self.member_id, self.token, STREAM_LENGTH],
+        result = self._eval(
+            "LEAVE",
+            [self._groups_key, self._group_key(group), self._alive_key(group, self.member_id), self._stream],
+            [group, self.member_id, self.token, STREAM_LENGTH],
         )
         if result == "nogroup":
             raise errors.GroupNotFound(f"cannot leave {group!r}: no such group")
@@ -411,20 +420,18 @@ class RedisSession(Coalescing, SessionActor):
             raise errors.MemberNotJoined(f"cannot leave {group!r}: member {self.member_id!r} has not joined it")
 
     def do_get_members(self, group: str) -> frozenset[str]:
-        members = self._scripts["MEMBERS"](
-            keys=[self._groups_key, self._group_key(group), self._stream], args=[group, f"{self._ns}:alive:", STREAM_LENGTH]
-        )
+        members = self._eval("MEMBERS", [self._groups_key, self._group_key(group), self._stream], [group, f"{self._ns}:alive:", STREAM_LENGTH])
         if members is None:
             raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group")
         return frozenset(members)
 
     def do_get_capabilities(self, group: str, member: str) -> str:
-        client = self.conn.client
-        with client.pipeline(transaction=False) as pipe:
-            pipe.sismember(self._groups_key, group)
-            pipe.hget(self._group_key(group), member)
-            pipe.exists(self._alive_key(group, member))
-            exists, entry, alive = pipe.execute()
+        replies = self.conn.wire.many([("SISMEMBER", self._groups_key, group), ("HGET", self._group_key(group), member),
+                                       ("EXISTS", self._alive_key(group, member))])
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if failed is not None:
+            raise failed
+        exists, entry, alive = replies
         if not exists:
             raise errors.GroupNotFound(f"cannot read capabilities in {group!r}: no such group")
         if entry is None or not alive:
@@ -432,9 +439,10 @@ class RedisSession(Coalescing, SessionActor):
         return json.loads(entry)["caps"]  # type: ignore[no-any-return]
 
     def do_update_capabilities(self, group: str, capabilities_json: str) -> None:
-        result = self._scripts["UPDATE"](
-            keys=[self._groups_key, self._group_key(group), self._alive_key(group, self.member_id)],
-            args=[group, self.member_id, self._entry(capabilities_json), self.token],
+        result = self._eval(
+            "UPDATE",
+            [self._groups_key, self._group_key(group), self._alive_key(group, self.member_id)],
+            [group, self.member_id, self._entry(capabilities_json), self.token],
         )
         if result == "nogroup":
             raise errors.GroupNotFound(f"cannot update capabilities in {group!r}: no such group")
@@ -448,27 +456,27 @@ class RedisSession(Coalescing, SessionActor):
 
     def do_try_acquire(self, name: str, ttl: float | None) -> int | None:
         leader_group = name[len(RESERVED_LOCK_PREFIX):] if name.startswith(RESERVED_LOCK_PREFIX) else ""
-        fence = self._scripts["ACQUIRE"](
-            keys=[self._lock_key(name), self._fence_key(name), self._stream, self._waiting_key(name)],
-            args=[f"{self.token}|", f"|{self.member_id}", self._ttl_ms(ttl), fence_floor(), leader_group, self.member_id, STREAM_LENGTH,
-                  self._ttl_ms(None)],
+        fence = self._eval(
+            "ACQUIRE",
+            [self._lock_key(name), self._fence_key(name), self._stream, self._waiting_key(name)],
+            [f"{self.token}|", f"|{self.member_id}", self._ttl_ms(ttl), fence_floor(), leader_group, self.member_id, STREAM_LENGTH,
+             self._ttl_ms(None)],
         )
         return None if fence is None else int(fence)
 
     def do_release(self, name: str, fence: int) -> bool:
-        released = self._scripts["RELEASE"](keys=[self._lock_key(name), self._stream, self._waiting_key(name)],
-                                            args=[self._lock_value(fence), name, STREAM_LENGTH])
+        released = self._eval("RELEASE", [self._lock_key(name), self._stream, self._waiting_key(name)], [self._lock_value(fence), name, STREAM_LENGTH])
         return bool(released)
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
         keys = [self._lock_key(lease.name) for lease in leases]
         values = [self._lock_value(lease.fence) for lease in leases]
         ttls = [self._ttl_ms(lease.ttl) for lease in leases]
-        results = self._scripts["REFRESH"](keys=keys, args=[*values, *ttls])
+        results = self._eval("REFRESH", keys, [*values, *ttls])
         return {(lease.name, lease.fence) for lease, ok in zip(leases, results) if not ok}
 
     def do_lock_holder(self, name: str) -> str | None:
-        value = self.conn.client.get(self._lock_key(name))
+        value = self.conn.wire.call("GET", self._lock_key(name))
         if value is None:
             return None
         parts = value.split("|", 2)
@@ -482,7 +490,7 @@ class RedisSession(Coalescing, SessionActor):
         joined = list(self._joined)
         if joined:
             keys = [self._alive_key(group, self.member_id) for group in joined]
-            results = self._scripts["REFRESH"](keys=keys, args=[*([self.token] * len(keys)), *([self._ttl_ms(None)] * len(keys))])
+            results = self._eval("REFRESH", keys, [*([self.token] * len(keys)), *([self._ttl_ms(None)] * len(keys))])
             if not all(results):
                 raise errors.BackendUnavailable(
                     f"the session of {self.member_id!r} on {self.url} expired: its memberships were reaped after session_ttl"
