@@ -159,3 +159,20 @@ def test_a_resting_reader_reads_on_from_where_it_stopped(coordinators, url):
     holder.ask(Release(lease), block=True, timeout=10)
     assert waiting.result(timeout=10).fence > lease.fence
     wait_until(lambda: sessions["waiter"].conn.rest.resting, timeout=10)  # nothing waits any more
+
+
+def test_requests_still_work_after_the_server_forgets_its_scripts(coordinators, url, raw):
+    # As after a restart without persistence, or a SCRIPT FLUSH by an operator:
+    # EVALSHA is answered NOSCRIPT and the session loads the script again.
+    coord = coordinators("a", url)
+    coord.join("workers", create=True)
+    raw.script_flush()
+    lease = coord.ask(Acquire("jobs"), block=True, timeout=10)
+    coord.ask(Release(lease), block=True, timeout=10)
+    raw.script_flush()
+    # Many at once: queued requests go to Redis in one pipeline, whose NOSCRIPT
+    # replies send each call down the usual path.
+    futures = [coord.submit(Acquire(f"batch-{i}"), timeout=10) for i in range(32)]
+    leases = [future.result(10) for future in futures]
+    assert sorted(lease.name for lease in leases) == sorted(f"batch-{i}" for i in range(32))
+    assert coord.members("workers") == {"a"}
