@@ -449,3 +449,24 @@ def test_a_release_whose_delete_was_lost_frees_the_lock_once_the_session_resumes
         assert again.fence > lease.fence
     finally:
         proxy.stop()
+
+
+def test_the_kazoo_handler_selects_as_select_does():
+    import socket
+
+    from coordactors.backend_actors._kazoo_handler import poll_select
+
+    a, b = socket.socketpair()
+    try:
+        assert poll_select([a, b], [], [], 0) == ([], [], [])
+        assert poll_select([a], [a], [], 0) == ([], [a], [])  # nothing to read, room to write
+        b.send(b"x")
+        assert poll_select([a, b.fileno()], [], [], 1) == ([a], [], [])
+        assert a.recv(1) == b"x"
+        b.close()
+        assert poll_select([a], [], [], 1) == ([a], [], [])  # the peer hung up: a read would say so
+        with pytest.raises(ValueError, match="non-negative"):
+            poll_select([a], [], [], -1)
+    finally:
+        a.close()
+        b.close()

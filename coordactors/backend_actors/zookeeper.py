@@ -108,6 +108,7 @@ from kazoo.retry import KazooRetry  # type: ignore[import-untyped]
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
+from coordactors.backend_actors._kazoo_handler import PollingHandler
 from coordactors.backend_actors._endpoints import url_hosts
 from coordactors.backend_actors.base import _PENDING, CONNECTED, SessionActor
 from coordactors.characteristics import Characteristics as C
@@ -324,6 +325,7 @@ class ZooKeeperSession(Coalescing, SessionActor):
             timeout=float(options.session_ttl or 10.0),
             connection_retry=KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=1.0),
             auth_data=auth,
+            handler=PollingHandler(),
         )
         client.start(timeout=options.connect_timeout)  # stops and closes the client itself on failure
         conn = _Connection(client, f"{self._token}-{uuid.uuid4().hex[:8]}")
