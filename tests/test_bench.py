@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import uuid
 from typing import Any
 
 import pytest
 
 pytest.importorskip("hdrh", reason="the bench extra (hdrhistogram) is not installed")
 
+import coordactors  # noqa: E402
 from coordactors.bench import main  # noqa: E402
 from coordactors.bench.backends import backend_of  # noqa: E402
 from coordactors.bench.operations import OPERATIONS  # noqa: E402
@@ -33,7 +36,7 @@ def test_a_quick_run_measures_every_operation_and_contender(backend_url: str, tm
     assert list(data["backends"]) == [backend]
     rows = {(r["operation"], r["contender"], r["mode"]): r for r in data["results"]}
     for op in OPERATIONS:
-        for contender in ("raw", "ask", "submit", "asyncio"):
+        for contender in ("raw", "handoff", "ask", "submit", "asyncio"):
             row = rows[(op.name, contender, "c1")]
             assert row.get("sample", {}).get("count", 0) > 0, row
         tooz = rows[(op.name, "tooz", "c1")]
@@ -88,8 +91,6 @@ def test_an_empty_sweep_measures_one_caller_only(tmp_path: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_callers_sharing_a_coordinator_keep_locks_exclusive(connect: Any) -> None:
-    import threading
-
     from coordactors import errors
     from coordactors.messages import Acquire, Release
 
@@ -157,3 +158,27 @@ def test_the_16_caller_gain_is_the_median_of_back_to_back_pairs() -> None:
     [gain] = [t for t in check(data) if t["target"] == "16 callers share one coordinator"]
     assert gain["value"] == 2.5 and not gain["ok"]
     assert "median of 3 back-to-back pairs (5.0x, 2.0x, 2.5x)" in gain["detail"]
+
+
+def test_the_handoff_contender_runs_each_backend_call_on_a_thread_of_its_own() -> None:
+    from coordactors.bench.contenders import HandedOffSession
+
+    url = f"memory://bench-handoff-{uuid.uuid4().hex[:8]}"
+    session = HandedOffSession(url, "m")
+    try:
+        served_on = set()
+        real = session.session._session
+        try_acquire = real.do_try_acquire
+
+        def recorded(*args: Any) -> Any:
+            served_on.add(threading.get_ident())
+            return try_acquire(*args)
+
+        real.do_try_acquire = recorded
+        session.lock("jobs")
+        assert served_on and threading.get_ident() not in served_on
+        with pytest.raises(coordactors.errors.GroupNotFound):  # the backend's error reaches the caller
+            session.join_leave("no-such-group")
+        session.lock("jobs")  # and the thread serves on
+    finally:
+        session.close()

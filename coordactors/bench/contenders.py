@@ -7,12 +7,20 @@ PyMySQL, requests for etcd, etcd3gw, py-consul, posix_ipc, fasteners) on the
 caller's thread, with no actor, no reply slot and no supervisor.  It drives
 the backend module's ``do_*`` hooks directly, so "coordactors minus raw" is
 exactly what the library adds per request.
+
+The ``handoff`` contender is the raw client again, served on a thread of its
+own behind two ``queue.SimpleQueue`` hand-offs per request and nothing else:
+the least any actor in the request path can cost for that operation on this
+machine.  It is more than the bare ping-pong where the operation itself runs
+slower on a thread that has just been woken than on one that kept running.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import threading
 from typing import Any
 
 from coordactors.backend_actors.base import CONNECTED
@@ -23,7 +31,7 @@ from coordactors.urls import parse_url
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RawSession", "open_tooz"]
+__all__ = ["HandedOffSession", "RawSession", "open_tooz"]
 
 
 class _NoSupervisor:
@@ -104,6 +112,73 @@ class RawSession:
                 self.session.close()
         finally:
             self._runtime.release()
+
+
+class _HandOff:
+    """Stands in for a session object: each method call runs on the server
+    thread (one hand-off there, one back); attributes are set directly."""
+
+    def __init__(self, session: Any, server: _Server) -> None:
+        object.__setattr__(self, "_session", session)
+        object.__setattr__(self, "_server", server)
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._session, name)
+        if not callable(target):
+            return target
+        server = self._server
+        return lambda *args: server.call(target, args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._session, name, value)
+
+
+class _Server:
+    """One thread running what it is handed, one call at a time."""
+
+    def __init__(self, name: str) -> None:
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        inbox, replies = self._inbox, self._replies
+        while (item := inbox.get()) is not None:
+            fn, args = item
+            try:
+                replies.put((True, fn(*args)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                replies.put((False, exc))
+
+    def call(self, fn: Any, args: tuple[Any, ...]) -> Any:
+        """Run ``fn(*args)`` on the server thread; return or raise what it did."""
+        self._inbox.put((fn, args))
+        ok, value = self._replies.get()
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        """End the thread."""
+        self._inbox.put(None)
+        self._thread.join(5)
+
+
+class HandedOffSession(RawSession):
+    """The raw contender, each backend call handed to a thread of its own and back."""
+
+    def __init__(self, url: str, member_id: str) -> None:
+        super().__init__(url, member_id)
+        self._server = _Server(f"bench-handoff[{member_id}]")
+        self.session = _HandOff(self.session, self._server)
+
+    def close(self) -> None:
+        """Close the connection (on the server thread), then stop the thread."""
+        try:
+            super().close()
+        finally:
+            self._server.stop()
 
 
 def open_tooz(url: str, member_id: str) -> Any:

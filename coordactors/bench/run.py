@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["main"]
 
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results")
-SIMPLE_CONTENDERS = ("raw", "ask", "submit", "asyncio", "tooz")
+SIMPLE_CONTENDERS = ("raw", "handoff", "ask", "submit", "asyncio", "tooz")
 SWEEP = (("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"), ("raw", "sep16"), ("tooz", "sep16"))
 GAIN_RUNS = 3
 """The 16-caller gain is the median of this many back-to-back (one caller, 16 callers) pairs: one pair swings with the machine."""

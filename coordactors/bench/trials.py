@@ -16,7 +16,7 @@ from typing import Any, Callable
 import coordactors
 from coordactors import errors
 from coordactors.bench.backends import Backend
-from coordactors.bench.contenders import RawSession, open_tooz
+from coordactors.bench.contenders import HandedOffSession, RawSession, open_tooz
 from coordactors.bench.measure import Sample, run_async_callers, run_callers
 from coordactors.bench.operations import Operation, drive, drive_async
 from coordactors.messages import CreateGroup, Join, Leave
@@ -129,7 +129,7 @@ def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind
 
 def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, iterations: int, duration: float) -> Sample:
     """Measure ``op`` for ``contender`` (``ask``, ``submit``, ``asyncio``,
-    ``raw``, ``tooz``) in ``mode`` on the fixture's backend."""
+    ``raw``, ``handoff``, ``tooz``) in ``mode`` on the fixture's backend."""
     callers, shared = MODES[mode]
     closers: list[Callable[[], Any]] = []
     try:
@@ -155,10 +155,10 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
             make = _ask_op if contender == "ask" else _submit_op
             ops = [make(op, client, state) for client, state in zip(clients, states)]
             return run_callers(ops, iterations=iterations, duration=duration)
-        if contender == "raw":
+        if contender in ("raw", "handoff"):
             raws = []
             for _ in range(callers):
-                raw = RawSession(fixture.url, fixture.fresh("member"))
+                raw = (RawSession if contender == "raw" else HandedOffSession)(fixture.url, fixture.fresh("member"))
                 closers.append(raw.close)
                 raws.append(raw)
             states = [_caller_state(fixture, op, admin, raw, "raw") for raw in raws]
