@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 import pytest
-from helpers import wait_until
+from helpers import BusySession, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kazoo.client import KazooClient
@@ -470,3 +470,37 @@ def test_the_kazoo_handler_selects_as_select_does():
     finally:
         a.close()
         b.close()
+
+
+def test_queued_lock_requests_share_a_multi_and_one_failure_costs_the_others_nothing(coordinators, url, raw, namespace):
+    # Queued releases (and acquires) go to ZooKeeper in one multi; ZooKeeper
+    # applies all of a multi or none, so when one claim was deleted from
+    # outside, the others are released on their own and only the lost one says so.
+    a, b = coordinators("a", url), coordinators("b", url)
+    session = _session(a)
+    leases = {name: a.ask(Acquire(name), block=True, timeout=10) for name in ("l0", "l1", "l2")}
+    directory = f"/{namespace}/locks/{zk.encode_name('l1')}"
+    raw.delete(f"{directory}/{raw.get_children(directory)[0]}")
+    client = session.conn.client
+    multis = []
+    transaction = client.transaction
+    client.transaction = lambda: multis.append(1) or transaction()
+    busy = BusySession(session)
+    releases = {name: a.submit(Release(lease)) for name, lease in leases.items()}
+    busy.release()
+    assert releases["l0"].result(timeout=10) is None and releases["l2"].result(timeout=10) is None
+    with pytest.raises(errors.LockNotHeld):
+        releases["l1"].result(timeout=10)
+    assert multis, "the queued releases went in a multi"
+    for name in leases:  # nothing of a's is left behind in any lock
+        b.ask(Release(b.ask(Acquire(name, timeout=0), block=True, timeout=10)), block=True, timeout=10)
+        assert raw.get_children(f"/{namespace}/locks/{zk.encode_name(name)}") == []
+    # Acquires queued together, one of a lock never used (its directory does
+    # not exist yet, so the multi fails): each is granted exactly one claim.
+    busy = BusySession(session)
+    acquires = {name: a.submit(Acquire(name)) for name in ("l0", "new", "l2")}
+    busy.release()
+    for name, future in acquires.items():
+        lease = future.result(timeout=10)
+        (claim,) = raw.get_children(f"/{namespace}/locks/{zk.encode_name(name)}")
+        assert int(claim[-10:]) == lease.fence

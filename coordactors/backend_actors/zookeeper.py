@@ -92,6 +92,7 @@ from each other with a chroot and the operator's ACLs, not with coordactors.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import urllib.parse
@@ -229,6 +230,33 @@ class _Connection:
         self.holders: dict[str, str] = {}
         """Lock name -> the holder's claim found by a try nobody here waited on (not watched yet)."""
         self.queued: set[str] = set()
+
+
+class _InMulti:
+    """One operation's reply out of a multi that carried several queued
+    requests' operations (the ``get`` of a kazoo async result).  If another
+    operation failed, ZooKeeper applied none of them: this one is then sent
+    on its own (``alone``, once), as it would have been without the multi."""
+
+    __slots__ = ("alone", "index", "multi", "sent_alone")
+
+    def __init__(self, multi: Any, index: int, alone: Callable[[], Any]) -> None:
+        self.multi = multi
+        self.index = index
+        self.alone = alone
+        self.sent_alone: Any = None
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The operation's result; its error raised."""
+        if self.sent_alone is not None:
+            return self.sent_alone.get(timeout=timeout)
+        result = self.multi.get(timeout=timeout)[self.index]
+        if isinstance(result, (kx.RolledBackError, kx.RuntimeInconsistency)):
+            self.sent_alone = self.alone()
+            return self.sent_alone.get(timeout=timeout)
+        if isinstance(result, Exception):
+            raise result
+        return result
 
 
 class _GroupLog:
@@ -454,10 +482,13 @@ class ZooKeeperSession(Coalescing, SessionActor):
         except errors.CoordinationError:
             return  # the usual path meets the same error, call by call
         data = self.member_id.encode("utf-8")
+        deletes = self._in_one_multi(client, {lease.name: self._claim_path(lease.name, lease.fence) for lease in releases},
+                                     lambda txn, path: txn.delete(path), client.delete_async)
         for lease in releases:
-            self._prefetched[("delete", lease.name, str(lease.fence))] = client.delete_async(self._claim_path(lease.name, lease.fence))
-        creates = {name: client.create_async(f"{self._lock_dir(name)}/{self.conn.prefix}{LOCK_MARK}", data, ephemeral=True, sequence=True)
-                   for name in acquires}
+            self._prefetched[("delete", lease.name, str(lease.fence))] = deletes[lease.name]
+        claims = {name: f"{self._lock_dir(name)}/{self.conn.prefix}{LOCK_MARK}" for name in acquires}
+        creates = self._in_one_multi(client, claims, lambda txn, path: txn.create(path, data, ephemeral=True, sequence=True),
+                                     lambda path: client.create_async(path, data, ephemeral=True, sequence=True))
         for name, created in creates.items():
             self._prefetched[("create", name)] = created
             try:
@@ -465,6 +496,20 @@ class ZooKeeperSession(Coalescing, SessionActor):
             except Exception:  # noqa: BLE001 - _try_claim meets it again and handles it
                 continue
             self._prefetched[("children", name)] = client.get_children_async(self._lock_dir(name))
+
+    @staticmethod
+    def _in_one_multi(client: KazooClient, paths: dict[str, str], add: Callable[[Any, str], object],
+                      alone: Callable[[str], Any]) -> dict[str, Any]:
+        """Start one operation per name on its path (``add`` puts it in a
+        multi, ``alone`` sends it by itself): two or more go in one multi, a
+        round trip and a wake of kazoo's connection thread instead of one each."""
+        if len(paths) < 2:
+            return {name: alone(path) for name, path in paths.items()}
+        txn = client.transaction()
+        for path in paths.values():
+            add(txn, path)
+        multi = txn.commit_async()
+        return {name: _InMulti(multi, index, functools.partial(alone, path)) for index, (name, path) in enumerate(paths.items())}
 
     def _drop_prefetched(self) -> None:
         """Forget what no call took up; delete claims created for calls that never used them."""
