@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from helpers import BusySession, check_a_watch_wakes_a_resting_reader, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import coordactors
 from coordactors import errors
@@ -494,3 +496,10 @@ def test_requests_sent_at_once_fail_one_by_one(coordinators: Any, url: str) -> N
     for name in ("a", "c"):
         other.ask(Release(other.ask(Acquire(name, timeout=0), block=True, timeout=10)), block=True, timeout=10)
     assert coord.statistics()["leases"] == 3  # x, y, z: b's lease went with its failed release, as on the usual path
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(), st.one_of(st.text(), st.integers(), st.booleans())), st.text())
+def test_requests_are_encoded_exactly_as_urllib_would(fields, key):
+    assert etcd.urlencoded(fields) == urllib.parse.urlencode(fields)
+    assert etcd.quoted_path(key) == urllib.parse.quote(key, safe="/")

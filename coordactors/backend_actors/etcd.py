@@ -88,6 +88,7 @@ import http.client
 import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
@@ -125,6 +126,28 @@ LEAVE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
 # etcd v2 error codes (etcd/etcdserver/api/v2error).
 KEY_NOT_FOUND, COMPARE_FAILED, NOT_A_FILE, NOT_A_DIR, NODE_EXISTS, DIR_NOT_EMPTY = 100, 101, 102, 104, 105, 108
 UNAUTHORIZED, INDEX_CLEARED = 110, 401
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+"""What ``urllib.parse.quote`` never changes."""
+_UNRESERVED_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
+def urlencoded(fields: dict[str, Any]) -> str:
+    """``urllib.parse.urlencode(fields)``; a name or value that needs no
+    quoting (a flag, a number, a token) is not run through ``quote_plus``,
+    which was the most expensive part of writing an etcd request."""
+    parts = []
+    for name, value in fields.items():
+        text = value if type(value) is str else str(value)
+        name = name if _UNRESERVED.fullmatch(name) else urllib.parse.quote_plus(name)
+        parts.append(f"{name}={text if _UNRESERVED.fullmatch(text) else urllib.parse.quote_plus(text)}")
+    return "&".join(parts)
+
+
+def quoted_path(key: str) -> str:
+    """``urllib.parse.quote(key, safe="/")``, skipped where nothing needs quoting."""
+    return key if _UNRESERVED_PATH.fullmatch(key) else urllib.parse.quote(key, safe="/")
 
 
 def encode_name(name: str) -> str:
@@ -203,11 +226,11 @@ class _Http:
             conn.close()  # nothing was sent on it: safe to send on a new one
         if conn is None or conn.sock is None:
             conn = self._connect()
-        target = KEYS + urllib.parse.quote(key, safe="/") + ("?" + urllib.parse.urlencode(query) if query else "")
+        target = KEYS + quoted_path(key) + ("?" + urlencoded(query) if query else "")
         headers = self._headers
         body = None
         if form is not None:
-            body = urllib.parse.urlencode(form).encode("ascii")
+            body = urlencoded(form).encode("ascii")
             headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         try:
             conn.send(method, target, headers, body)
