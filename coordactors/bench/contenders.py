@@ -181,10 +181,11 @@ class HandedOffSession(RawSession):
             self._server.stop()
 
 
-def open_tooz(url: str, member_id: str) -> Any:
-    """A started tooz coordinator (no heartbeat thread: the benchmark beats by hand)."""
+def open_tooz(url: str, member_id: str, *, heart: bool = False) -> Any:
+    """A started tooz coordinator; without ``heart``, no heartbeat thread (the
+    benchmark beats by hand where it measures heartbeats)."""
     from tooz import coordination
 
     coord = coordination.get_coordinator(url, member_id.encode())
-    coord.start(start_heart=False)
+    coord.start(start_heart=heart)
     return coord

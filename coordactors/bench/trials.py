@@ -69,7 +69,9 @@ class Fixture:
                 self.tooz_setup_error = f"{type(exc).__name__}: {exc}"
 
     def _tooz_setup(self, size: int) -> None:
-        holder = open_tooz(self.tooz_url, "bench-tooz-holder")
+        # It beats on its own: the contended lock must outlive its session's
+        # TTL (tooz's Consul session expired mid-run and freed it).
+        holder = open_tooz(self.tooz_url, "bench-tooz-holder", heart=True)
         self._closers.append(holder.stop)
         lock = holder.get_lock(self.held_lock.encode())
         if not lock.acquire(blocking=False):
