@@ -12,7 +12,7 @@ import uuid
 
 import consul
 import pytest
-from helpers import wait_until
+from helpers import check_a_watch_wakes_a_resting_reader, wait_until
 
 import coordactors
 from coordactors import errors
@@ -221,11 +221,14 @@ def _conn(coord):
 class _Gate:
     """Parks a coordinator's reader before its next blocking query until
     ``open()``, so that the writes made meanwhile reach it in one answer;
-    records how many new log entries each answer's view carried."""
+    records how many new log entries each answer's view carried.  A reader
+    that rests (its session neither watches nor waits) parks when woken:
+    ``resting=True`` leaves it to the caller to wake it and ``wait_parked``."""
 
-    def __init__(self, coord, raw, namespace):
+    def __init__(self, coord, raw, namespace, *, resting=False):
         conn = _conn(coord)
         self._go, parked = threading.Event(), threading.Event()
+        self._parked = parked
         self.new_entries: list[int] = []
         listing, view = conn.reader.kv.get, conn.follower.view
 
@@ -240,9 +243,13 @@ class _Gate:
             return result
 
         conn.reader.kv.get, conn.follower.view = gated_listing, counted_view
-        # A key of no meaning ends the query under way: the reader parks.
-        raw.kv.put(f"{namespace}/poke", "")
-        assert parked.wait(10), "the reader never came back for its next query"
+        if not resting:
+            # A key of no meaning ends the query under way: the reader parks.
+            raw.kv.put(f"{namespace}/poke", "")
+            self.wait_parked()
+
+    def wait_parked(self):
+        assert self._parked.wait(10), "the reader never came back for its next query"
 
     def open(self):
         self._go.set()
@@ -265,8 +272,10 @@ def test_a_lock_taken_and_freed_between_two_answers_still_wakes_the_waiter(coord
     slow = "&session_ttl=60&heartbeat_interval=20"
     a, b = coordinators("a", url + slow), coordinators("b", url + slow)
     lease = a.ask(Acquire("jobs"), block=True, timeout=10)
-    gate = _Gate(b, raw, namespace)  # b's reader never sees the lock held
+    # b's reader rests (b neither watches nor waits): it never sees the lock held.
+    gate = _Gate(b, raw, namespace, resting=True)
     waiting = b.submit(Acquire("jobs"), timeout=15)
+    gate.wait_parked()  # the waiter woke it; it asks from where it stopped
     a.ask(Release(lease), block=True, timeout=10)
     gate.open()
     assert waiting.result(timeout=5).member_id == "b"
@@ -490,3 +499,31 @@ def test_toozs_consul_driver_locks_and_keeps_groups_on_the_fake():
         finally:
             first.stop()
             second.stop()
+
+
+def test_a_reader_rests_while_nothing_watches_or_waits_and_a_watch_wakes_it(coordinators, url):
+    holder, watcher = coordinators("holder", url), coordinators("watcher", url)
+    session = watcher._route.session._actor_weakref()
+    wait_until(lambda: session.conn is not None and session.conn.rest.resting, timeout=10)
+    queries = []
+    listing = session.conn.reader.kv.get
+    session.conn.reader.kv.get = lambda *args, **kwargs: queries.append(1) or listing(*args, **kwargs)
+    for _ in range(3):  # writes in the namespace: a resting reader lists nothing
+        holder.ask(Release(holder.ask(Acquire("jobs"), block=True, timeout=10)), block=True, timeout=10)
+    assert not queries
+    session.conn.reader.kv.get = listing
+    check_a_watch_wakes_a_resting_reader(holder, watcher, session)
+
+
+def test_the_heartbeat_prunes_the_log_when_no_reader_does(coordinators, url, namespace, raw, monkeypatch):
+    from coordactors.backend_actors import consul as backend
+
+    monkeypatch.setattr(backend, "LOG_KEEP", 3)
+    monkeypatch.setattr(backend, "PRUNE_EVERY", 4)
+    a = coordinators("a", url + "&heartbeat_interval=0.2")  # nothing watches: every reader rests
+    a.create_group("g")
+    for _ in range(6):  # twelve log entries
+        a.join("g")
+        a.leave("g")
+    log = f"{namespace}/log/"
+    wait_until(lambda: len([k for k in _keys(raw, namespace) if k.startswith(log)]) == 3, timeout=10)

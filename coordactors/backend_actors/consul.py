@@ -92,6 +92,7 @@ import consul.exceptions  # type: ignore[import-untyped]
 import requests
 
 from coordactors import errors
+from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -110,6 +111,10 @@ LOG_KEEP = 256
 """Event-log entries kept; pruning starts at twice as many.  A reader needs
 only the entries newer than its last answer; one further behind learns what
 it missed from the state (members, lock holders) instead."""
+
+PRUNE_EVERY = 64
+"""A session's heartbeat prunes the log after this many entries it wrote
+(readers prune too, but they rest while their session neither watches nor waits)."""
 
 TXN_OPS = 64
 """Consul's limit on the operations of one transaction."""
@@ -146,6 +151,8 @@ class _Connection:
         self.follower = follower
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
+        self.rest = ReaderRest()
+        """The reader does not follow the namespace while the session neither watches nor waits."""
 
 
 class _View:
@@ -402,6 +409,7 @@ class ConsulSession(SessionActor):
         conn = self.conn
         self._epoch = conn.epoch
         self._watch_from: dict[str, int] = {}
+        self._log_writes = 0
         self._held_seen: frozenset[str] = frozenset()
         # Every log entry that existed at the connection's first answer is older than it.
         self._log_seen = conn.index
@@ -413,15 +421,26 @@ class ConsulSession(SessionActor):
         if conn is None:
             return
         conn.stopping.set()
+        conn.rest.stop()
         conn.client.http.session.close()
         # The reader ends after its blocking query (READER_WAIT at most) and
         # closes its own HTTP session; closing it from here would race it.
 
     def _follow(self, conn: _Connection, index: int) -> None:
-        """Reader thread: blocking queries on the namespace's key names; hand each new view to the actor."""
+        """Reader thread: blocking queries on the namespace's key names; hand each new view to the actor.
+
+        While the session neither watches a group nor waits for a lock or a
+        campaign it rests instead: every write in the namespace made every
+        reader list its key names, and in one process those readers took the
+        requests' time.  Woken, it asks from the index it stopped at, so its
+        first view shows what changed meanwhile (the locks waited for that
+        are free, the log entries still kept)."""
         prefix, follower = self._prefix, conn.follower
         try:
             while not conn.stopping.is_set():
+                if conn.rest.settle(lambda: self._waiters or self._campaigns or self._watch_from):
+                    conn.rest.wait(READER_WAIT)
+                    continue
                 try:
                     new_index, keys = conn.reader.kv.get(prefix, keys=True, index=index, wait=f"{READER_WAIT:g}s")
                     new_index = int(new_index)
@@ -455,13 +474,26 @@ class ConsulSession(SessionActor):
                     found[result["KV"]["Key"]] = result["KV"]
         return found
 
-    def _prune(self, conn: _Connection, old: list[str]) -> None:
+    def _prune(self, conn: _Connection, old: list[str], client: consul.Consul | None = None) -> None:
+        """Delete the log entries ``old`` (best effort), by the reader's client unless told otherwise."""
+        client = client or conn.reader
         for start in range(0, len(old), TXN_OPS):
             ops = [{"KV": {"Verb": "delete", "Key": key}} for key in old[start:start + TXN_OPS]]
             try:
-                conn.reader.http.put(_raw, "/v1/txn", data=json.dumps(ops), headers=conn.reader.prepare_headers())
+                client.http.put(_raw, "/v1/txn", data=json.dumps(ops), headers=client.prepare_headers())
             except Exception:  # noqa: BLE001 - pruning is best effort
                 return
+
+    def _prune_written(self) -> None:
+        """Actor thread: after ``PRUNE_EVERY`` log entries written here, keep the newest ``LOG_KEEP``."""
+        if self._log_writes < PRUNE_EVERY:
+            return
+        self._log_writes = 0
+        _index, entries = self.conn.client.kv.get(self._prefix + "log/", recurse=True)
+        entries = entries or []
+        if len(entries) > 2 * LOG_KEEP:
+            entries.sort(key=lambda entry: (entry["CreateIndex"], entry["Key"]))
+            self._prune(self.conn, [entry["Key"] for entry in entries[: len(entries) - LOG_KEEP]], self.conn.client)
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
@@ -522,6 +554,7 @@ class ConsulSession(SessionActor):
         return f"{self._prefix}l/{_enc(name)}"
 
     def _log_op(self, group: str, kind: str, member: str) -> dict[str, Any]:
+        self._log_writes += 1
         value = json.dumps({"g": group, "k": kind, "m": member}, separators=(",", ":")).encode()
         return {"KV": {"Verb": "set", "Key": f"{self._prefix}log/{uuid.uuid4().hex}", "Value": base64.b64encode(value).decode()}}
 
@@ -735,6 +768,11 @@ class ConsulSession(SessionActor):
             raise errors.BackendUnavailable(
                 f"the Consul session of {self.member_id!r} on {self.url} was invalidated (not renewed within session_ttl)"
             ) from None
+        self._prune_written()
+
+    def on_waiting(self) -> None:
+        if self.conn is not None:
+            self.conn.rest.wake()
 
     def do_watch(self, group: str) -> None:
         index, keys = self.conn.client.kv.get(self._prefix, keys=True)
@@ -749,6 +787,7 @@ class ConsulSession(SessionActor):
                 index = max(index, int(entry["ModifyIndex"]))
         self._snapshots[group] = (self._members_listed(group, keys), leader)
         self._watch_from[group] = index
+        self.on_waiting()
 
     def _members_listed(self, group: str, keys: list[str]) -> frozenset[str]:
         """The members of ``group`` in a listing of the namespace's keys."""
