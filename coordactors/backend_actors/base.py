@@ -512,6 +512,21 @@ class SessionActor(pykka.ThreadingActor):
             members = frozenset()
         self._snapshots[group] = (members, self.do_lock_holder(leader_lock_name(group)))
 
+    def apply_logged(self, group: str, kind: str, member: str) -> None:
+        """A watched ``group``'s event log says ``member`` joined, left or
+        became leader (``kind``: ``join``, ``leave``, ``leader``): update the
+        snapshot, and emit the event unless the snapshot already had it."""
+        members, leader = self._snapshots[group]
+        if kind == "join" and member not in members:
+            self._snapshots[group] = (members | {member}, leader)
+            self.emit(MemberJoined(group, member))
+        elif kind == "leave" and member in members:
+            self._snapshots[group] = (members - {member}, leader)
+            self.emit(MemberLeft(group, member))
+        elif kind == "leader" and member != leader:
+            self._snapshots[group] = (members, member)
+            self.emit(LeaderElected(group, member))
+
     def forget_snapshot(self, group: str) -> None:
         """Drop ``group``'s snapshot (it is no longer watched)."""
         self._snapshots.pop(group, None)

@@ -506,16 +506,7 @@ class ConsulSession(SessionActor):
         for create_index, _key, group, kind, member in view.log:
             if create_index <= seen or group not in self._snapshots or create_index <= self._watch_from.get(group, 0):
                 continue
-            members, leader = self._snapshots[group]
-            if kind == "join" and member not in members:
-                self._snapshots[group] = (members | {member}, leader)
-                self.emit(MemberJoined(group, member))
-            elif kind == "leave" and member in members:
-                self._snapshots[group] = (members - {member}, leader)
-                self.emit(MemberLeft(group, member))
-            elif kind == "leader" and member != leader:
-                self._snapshots[group] = (members, member)
-                self.emit(LeaderElected(group, member))
+            self.apply_logged(group, kind, member)
         # What no log entry records: members deleted with an expired session,
         # a leader lock freed.
         for group, (members, leader) in list(self._snapshots.items()):

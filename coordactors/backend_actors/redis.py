@@ -56,7 +56,6 @@ from coordactors.backend_actors._redis_wire import Script, Wire
 from coordactors.backend_actors._rest import ReaderRest
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
-from coordactors.events import LeaderElected, MemberJoined, MemberLeft
 from coordactors.messages import Acquire, GetMembers, Lease, Release
 from coordactors.messages._validate import RESERVED_LOCK_PREFIX
 from coordactors.urls import SessionOptions, seconds, text
@@ -276,16 +275,7 @@ class RedisSession(Coalescing, SessionActor):
                 continue
             if group not in self._snapshots or _stream_id(entry_id) <= self._watch_from.get(group, (0, 0)):
                 continue  # not watched, or older than the watch's snapshot
-            members, leader = self._snapshots[group]
-            if kind == "join" and member not in members:
-                self._snapshots[group] = (members | {member}, leader)
-                self.emit(MemberJoined(group, member))
-            elif kind == "leave" and member in members:
-                self._snapshots[group] = (members - {member}, leader)
-                self.emit(MemberLeft(group, member))
-            elif kind == "leader" and member != leader:
-                self._snapshots[group] = (members, member)
-                self.emit(LeaderElected(group, member))
+            self.apply_logged(group, kind, member)
         if freed:
             self.wake(freed)
 
