@@ -141,7 +141,9 @@ def _bench_backend(backend: Any, operations: list[Any], sweep: list[str], args: 
             for contender, mode in runs:
                 fields = {"backend": backend.name, "operation": op.name, "contender": contender, "mode": mode}
                 _record(data, "results", fields, lambda: run_trial(fixture, op, contender, mode, iterations=args.iterations, duration=args.duration))
-            for run in range(2, 1 + (GAIN_RUNS if op.name in sweep and not args.quick else 1)):
+            # The sweep ran pair 1; pairs 2.. are run again, back to back (not in --quick).
+            repeats = GAIN_RUNS - 1 if op.name in sweep and not args.quick else 0
+            for run in range(2, 2 + repeats):
                 for mode in ("c1", "c16"):
                     fields = {"backend": backend.name, "operation": op.name, "contender": "ask", "mode": mode, "run": run}
                     _record(data, "gain_repeats", fields, lambda: run_trial(fixture, op, "ask", mode, iterations=args.iterations, duration=args.duration))
