@@ -1,7 +1,7 @@
 """Requests queued behind a busy session, on every backend.
 
 A session that coalesces (Redis pipelines, PostgreSQL's one statement,
-MySQL's batched calls, ZooKeeper's round trips in flight together) serves
+MySQL's batched calls, ZooKeeper's multis and round trips in flight together) serves
 what queued up while it was busy together; every caller must still get the
 answer it would have had alone, in order.  The session is kept busy on
 purpose so the queue is known to hold every request before it is served.

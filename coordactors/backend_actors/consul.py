@@ -71,7 +71,11 @@ Mechanisms:
   the member of the group's newest ``leader`` entry; where that entry may
   have been pruned unread, the lock key itself is read.  Readers prune the
   log to the newest ``LOG_KEEP`` entries, oldest first; one that fell
-  further behind learns what it missed from the names.
+  further behind learns what it missed from the names.  While the session
+  neither watches nor waits, its reader rests (no blocking query); woken, it
+  asks from the index it stopped at, and its first answer shows what changed
+  meanwhile.  As resting readers prune nothing, the heartbeat also prunes,
+  after every ``PRUNE_EVERY`` entries its session wrote.
 """
 
 from __future__ import annotations

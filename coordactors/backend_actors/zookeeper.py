@@ -452,8 +452,10 @@ class ZooKeeperSession(Coalescing, SessionActor):
 
     def serve_batch(self, calls: list[Call]) -> None:
         """Start the round trips of the queued plain acquires and releases at
-        once (kazoo's async calls share the connection), then serve every call
-        the usual way, in order: each finds its replies already on their way.
+        once (their creates in one multi, their deletes in another, the
+        listings of the locks' claims in flight together on kazoo's
+        connection), then serve every call the usual way, in order: each
+        finds its replies already on their way.
         A claim created here that no call took up (the session failed
         meanwhile) is deleted, or left to the next connection to clear."""
         acquires: list[str] = []
