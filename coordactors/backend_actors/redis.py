@@ -186,13 +186,11 @@ class RedisSession(Coalescing, SessionActor):
         self._ns = ns
         self._stream = f"{ns}:events"
         self._groups_key = f"{ns}:groups"
-        client = self.conn.client
         self._scripts = {name: Script(getattr(scripts, name)) for name in
                          ("JOIN", "LEAVE", "UPDATE", "MEMBERS", "DELETE_GROUP", "ACQUIRE", "RELEASE", "REFRESH")}
         self._watch_from: dict[str, tuple[int, int]] = {}
         """Watched group -> the stream's last entry before its snapshot."""
-        last = client.xrevrange(self._stream, count=1)
-        start = last[0][0] if last else "0-0"
+        start = self._last_stream_id() or "0-0"
         conn = self.conn
         conn.thread = threading.Thread(target=self._follow_stream, args=(conn, start), name=f"RedisEvents[{self.member_id}]", daemon=True)
         conn.thread.start()
@@ -335,6 +333,11 @@ class RedisSession(Coalescing, SessionActor):
             else:
                 self._deliver(call, frozenset(result))
         self.retry_freed(freed)
+
+    def _last_stream_id(self) -> str | None:
+        """The id of the stream's newest entry (None: the stream is empty)."""
+        last = self.conn.wire.call("XREVRANGE", self._stream, "+", "-", "COUNT", 1)
+        return last[0][0] if last else None
 
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run the Lua script named ``script`` (see ``redis_scripts``)."""
@@ -494,8 +497,8 @@ class RedisSession(Coalescing, SessionActor):
     def do_watch(self, group: str) -> None:
         # Where the stream stood before the snapshot: entries up to there are
         # in it (a reader that rested hands over older ones too).
-        last = self.conn.client.xrevrange(self._stream, count=1)
-        self._watch_from[group] = _stream_id(last[0][0]) if last else (0, 0)
+        last = self._last_stream_id()
+        self._watch_from[group] = _stream_id(last) if last else (0, 0)
         self.on_waiting()
         self.snapshot(group)
 
