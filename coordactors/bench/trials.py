@@ -19,7 +19,7 @@ from coordactors.bench.backends import Backend
 from coordactors.bench.contenders import HandedOffSession, RawSession, open_tooz
 from coordactors.bench.measure import Sample, run_async_callers, run_callers
 from coordactors.bench.operations import Operation, drive, drive_async
-from coordactors.messages import CreateGroup, Join, Leave
+from coordactors.messages import CreateGroup, DeleteGroup, Join, Leave
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,16 @@ class Fixture:
                 logger.debug("fixture close failed", exc_info=True)
 
 
-def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind: str) -> Any:
-    """Prepare one caller's argument for ``op`` (creating groups as needed)."""
+def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind: str, index: int, undo: list[Callable[[], Any]]) -> Any:
+    """Prepare caller ``index``'s argument for ``op``; append to ``undo`` (run
+    last to first) what takes it away again.
+
+    Every contender starts from the same backend state: a trial's groups are
+    left and deleted after it, and caller ``index`` of every trial locks the
+    same name (a registry keeps a fence per lock name ever used: fresh names
+    per trial made file and IPC slower for each contender measured later)."""
     if op.needs == "lock":
-        name = fixture.fresh("lock")
+        name = f"{fixture.namespace}-lock{index}"
         return client.get_lock(name.encode()) if kind == "tooz" else name
     if op.needs == "held":
         return client.get_lock(fixture.held_lock.encode()) if kind == "tooz" else fixture.held_lock
@@ -117,15 +123,20 @@ def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind
     group = fixture.fresh("group")
     if kind == "tooz":
         client.create_group(group.encode()).get()
+        undo.append(lambda: client.delete_group(group.encode()).get())
         if op.needs == "joined":
             client.join_group(group.encode()).get()
+            undo.append(lambda: client.leave_group(group.encode()).get())
         return group.encode()
     admin(CreateGroup(group))
+    undo.append(lambda: admin(DeleteGroup(group)))
     if op.needs == "joined":
         if kind == "raw":
             client.session.do_join(group, "null", False)
+            undo.append(lambda: client.session.do_leave(group))
         else:
             client.ask(Join(group), block=True, timeout=REQUEST_TIMEOUT)
+            undo.append(lambda: client.ask(Leave(group), block=True, timeout=REQUEST_TIMEOUT))
     return group
 
 
@@ -148,9 +159,7 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
                 closers.append(coord.stop)
                 coords.append(coord)
             clients = [coords[0] if shared else coords[i] for i in range(callers)]
-            states = [_caller_state(fixture, op, admin, client, "coordactors") for client in clients]
-            if op.needs == "joined":
-                closers.extend(_leaver(client, state) for client, state in zip(clients, states))
+            states = [_caller_state(fixture, op, admin, client, "coordactors", i, closers) for i, client in enumerate(clients)]
             if contender == "asyncio":
                 ops = [_async_op(op, client, state) for client, state in zip(clients, states)]
                 return run_async_callers(ops, iterations=iterations, duration=duration)
@@ -163,7 +172,7 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
                 raw = (RawSession if contender == "raw" else HandedOffSession)(fixture.url, fixture.fresh("member"))
                 closers.append(raw.close)
                 raws.append(raw)
-            states = [_caller_state(fixture, op, admin, raw, "raw") for raw in raws]
+            states = [_caller_state(fixture, op, admin, raw, "raw", i, closers) for i, raw in enumerate(raws)]
             ops = [(lambda r=raw, s=state: op.raw(r, s)) for raw, state in zip(raws, states)]
             return run_callers(ops, iterations=iterations, duration=duration)
         if contender == "tooz":
@@ -176,7 +185,7 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
                 coord = open_tooz(fixture.tooz_url, fixture.fresh("member"))
                 closers.append(coord.stop)
                 toozs.append(coord)
-            states = [_caller_state(fixture, op, admin, coord, "tooz") for coord in toozs]
+            states = [_caller_state(fixture, op, admin, coord, "tooz", i, closers) for i, coord in enumerate(toozs)]
             ops = [(lambda c=coord, s=state: op.tooz(c, s)) for coord, state in zip(toozs, states)]
             return run_callers(ops, iterations=iterations, duration=duration)
         raise ValueError(f"unknown contender {contender!r}")
@@ -184,10 +193,6 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
         for closer in reversed(closers):
             with contextlib.suppress(Exception):
                 closer()
-
-
-def _leaver(coord: Any, group: str) -> Callable[[], None]:
-    return lambda: coord.ask(Leave(group), block=True, timeout=REQUEST_TIMEOUT)
 
 
 def _ask_op(op: Operation, coord: Any, state: Any) -> Callable[[], None]:
