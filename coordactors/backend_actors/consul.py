@@ -493,7 +493,11 @@ class ConsulSession(SessionActor):
         if self._log_writes < PRUNE_EVERY:
             return
         self._log_writes = 0
-        _index, entries = self.conn.client.kv.get(self._prefix + "log/", recurse=True)
+        try:
+            _index, entries = self.conn.client.kv.get(self._prefix + "log/", recurse=True)
+        except Exception:  # noqa: BLE001 - pruning is best effort: the session's next request meets any real failure
+            logger.debug("%r: could not list the log to prune it", self, exc_info=True)
+            return
         entries = entries or []
         if len(entries) > 2 * LOG_KEEP:
             entries.sort(key=lambda entry: (entry["CreateIndex"], entry["Key"]))
