@@ -128,8 +128,7 @@ def markdown(data: dict[str, Any]) -> str:
         floor_fails = sum(t["handoff_overhead"] > t["limit"] for t in overheads)
         lines += [f"Of the {len(overheads)} overhead checks that do not hold, {floor_fails} fail for the bare hand-off too "
                   "(the raw client behind two `queue.SimpleQueue` hand-offs per request and nothing else): there no actor in the "
-                  "request path meets the limit on this machine, as the operation runs slower on a thread just woken. "
-                  "Each row's detail says what the library adds beyond that floor.", ""]
+                  "request path would meet the limit on this machine. Each row's detail says what the library adds beyond that floor.", ""]
     if failed:
         lines += ["| target | backend | what | measured | limit | detail |", "|---|---|---|---|---|---|"]
         for t in failed:

@@ -75,8 +75,8 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
                            f"p50 {ours['p50_us']:.0f} µs - raw {raw['p50_us']:.0f} µs over {requests} request(s); ping-pong {pingpong:.0f} µs"
                            + beyond)
                 if handoff is not None:
+                    # The bare hand-off's own cost: above ``limit``, no actor meets the target here.
                     row["handoff_overhead"] = round(handoff["p50_us"] - raw["p50_us"], 2)
-                    """The bare hand-off's own p50 minus raw's: above ``limit``, no actor meets the target here."""
                 yield row
         for op in REQUESTS_PER_OPERATION:
             ours, tooz = samples.get((backend, op, "ask", "c1")), samples.get((backend, op, "tooz", "c1"))
