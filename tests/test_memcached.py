@@ -494,3 +494,23 @@ def test_a_pipeline_answered_with_more_or_fewer_replies_than_sent_is_an_error() 
         _read_meta_replies(_Trickle(b"HD\r\nHD\r\nMN\r\n", 3), 1)  # type: ignore[arg-type]
     with pytest.raises(MemcacheUnexpectedCloseError):
         _read_meta_replies(_Trickle(b"HD\r\n", 3), 2)  # type: ignore[arg-type]
+
+
+def test_member_liveness_is_read_without_values_and_an_error_is_never_taken_for_a_member_gone(coordinators: Callable[..., Any], url: str) -> None:
+    a, b = coordinators("a", url), coordinators("b", url)
+    a.join("g", create=True)
+    b.join("g")
+    session = a._route.session._actor_weakref()
+    sent: list[bytes] = []
+    pipeline = session._pipeline
+
+    def recording(commands: list[bytes]) -> list[list[bytes]]:
+        sent.extend(commands)
+        return pipeline(commands)
+
+    session._pipeline = recording
+    assert a.members("g") == {"a", "b"}
+    assert sent and all(command.startswith(b"mg ") and command.count(b" ") == 1 for command in sent)  # no flags: no value back
+    session._pipeline = lambda commands: [[b"CLIENT_ERROR bad data chunk"] for _ in commands]
+    with pytest.raises(errors.BackendUnavailable, match="unexpected reply to mg"):
+        a.members("g")

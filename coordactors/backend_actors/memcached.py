@@ -416,6 +416,9 @@ class MemcachedSession(Coalescing, SessionActor):
         asking for nothing back (``HD`` or ``EN``), not their values --
         reading and parsing 1,000 members' values was most of a listing."""
         replies = self._pipeline([b"mg " + key.encode("ascii") for key in keys])
+        wrong = next((reply[0] for reply in replies if reply[0] not in (b"HD", b"EN")), None)
+        if wrong is not None:  # never take an error for a member gone
+            raise MemcacheServerError(f"unexpected reply to mg: {wrong[:40]!r}")
         return {key for key, reply in zip(keys, replies) if reply[0] == b"HD"}
 
     def _reap(self, group: str, suspects: set[str]) -> None:
