@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["ReaderRest"]
+__all__ = ["ReaderRest", "RestingReader"]
 
 
 class ReaderRest:
@@ -58,3 +59,16 @@ class ReaderRest:
         self.wanted.set()
         if self._poke is not None:
             self._poke()
+
+
+class RestingReader:
+    """Mixin for a session whose connection (``conn``) carries a
+    :class:`ReaderRest` as ``rest``: a waiter or a campaign wakes the reader.
+    List it before ``SessionActor`` among the bases."""
+
+    conn: Any
+
+    def on_waiting(self) -> None:
+        """Actor thread: wake the event reader if it rests."""
+        if self.conn is not None:
+            self.conn.rest.wake()

@@ -96,7 +96,7 @@ import consul.exceptions  # type: ignore[import-untyped]
 import requests
 
 from coordactors import errors
-from coordactors.backend_actors._rest import ReaderRest
+from coordactors.backend_actors._rest import ReaderRest, RestingReader
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -326,7 +326,7 @@ def _member_in(value: bytes | None) -> str | None:
     return member if isinstance(member, str) else None
 
 
-class ConsulSession(SessionActor):
+class ConsulSession(RestingReader, SessionActor):
     """Session of ``consul://``: a Consul session, KV locks and memberships, an event log."""
 
     CHARACTERISTICS = frozenset({C.DISTRIBUTED_ACROSS_THREADS, C.DISTRIBUTED_ACROSS_PROCESSES, C.DISTRIBUTED_ACROSS_HOSTS})
@@ -768,10 +768,6 @@ class ConsulSession(SessionActor):
                 f"the Consul session of {self.member_id!r} on {self.url} was invalidated (not renewed within session_ttl)"
             ) from None
         self._prune_written()
-
-    def on_waiting(self) -> None:
-        if self.conn is not None:
-            self.conn.rest.wake()
 
     def do_watch(self, group: str) -> None:
         index, keys = self.conn.client.kv.get(self._prefix, keys=True)

@@ -101,7 +101,7 @@ from coordactors.backend_actors._coalesce import Coalescing
 from coordactors.backend_actors._endpoints import Endpoints, url_hosts
 from coordactors.backend_actors._http1 import HttpConnection
 from coordactors.backend_actors._keepalive import closed_by_peer
-from coordactors.backend_actors._rest import ReaderRest
+from coordactors.backend_actors._rest import ReaderRest, RestingReader
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -327,7 +327,7 @@ def _namespace(value: str, what: str) -> str:
     return "/".join(parts)
 
 
-class EtcdSession(Coalescing, SessionActor):
+class EtcdSession(Coalescing, RestingReader, SessionActor):
     """Session of ``etcd://``: TTL keys and the event history of etcd's v2 API.
 
     Threads: ``open`` runs on the runtime's blocking executor (connects,
@@ -998,10 +998,6 @@ class EtcdSession(Coalescing, SessionActor):
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
             self.fail(f"lost the event stream of {self.url}: {type(exc).__name__}: {exc}")
-
-    def on_waiting(self) -> None:
-        if self.conn is not None:
-            self.conn.rest.wake()
 
     def _on_gap(self, conn: _Connection, index: int, cleared: bool = True) -> None:
         """The reader goes on from ``index`` after a gap (etcd cleared the

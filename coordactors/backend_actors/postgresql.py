@@ -90,7 +90,7 @@ from psycopg2 import sql
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import Coalescing
-from coordactors.backend_actors._rest import ReaderRest
+from coordactors.backend_actors._rest import ReaderRest, RestingReader
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -198,7 +198,7 @@ def _shutdown(pgconn: Any) -> None:
         sock.close()
 
 
-class PostgreSQLSession(Coalescing, SessionActor):
+class PostgreSQLSession(Coalescing, RestingReader, SessionActor):
     """Session of ``postgresql://``: advisory locks, tables and LISTEN/NOTIFY.
 
     Acquires and releases queued together (many callers sharing the
@@ -831,10 +831,6 @@ class PostgreSQLSession(Coalescing, SessionActor):
         except Exception as exc:  # noqa: BLE001 - any failure here ends the session
             if not conn.stopping.is_set():
                 self.run_on_actor(self._reader_failed, conn, exc)
-
-    def on_waiting(self) -> None:
-        if self.conn is not None:
-            self.conn.rest.wake()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:

@@ -53,7 +53,7 @@ from coordactors._protocol import Call
 from coordactors.backend_actors import redis_scripts as scripts
 from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
 from coordactors.backend_actors._redis_wire import Script, Wire
-from coordactors.backend_actors._rest import ReaderRest
+from coordactors.backend_actors._rest import ReaderRest, RestingReader
 from coordactors.backend_actors.base import SessionActor, fence_floor, leader_lock_name
 from coordactors.characteristics import Characteristics as C
 from coordactors.messages import Acquire, GetMembers, Lease, Release
@@ -104,7 +104,7 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-class RedisSession(Coalescing, SessionActor):
+class RedisSession(Coalescing, RestingReader, SessionActor):
     """Session of ``redis://``: locks, groups and a stream of events in Redis.
 
     Acquires, releases and member listings queued together (many callers
@@ -250,10 +250,6 @@ class RedisSession(Coalescing, SessionActor):
         if fields.get("k") == "free":
             return bool(self._waiters or self._campaigns)
         return bool(self._watch_from)
-
-    def on_waiting(self) -> None:
-        if self.conn is not None:
-            self.conn.rest.wake()
 
     def _reader_failed(self, conn: _Connection, exc: Exception) -> None:
         if conn is self.conn:
