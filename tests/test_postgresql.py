@@ -14,7 +14,8 @@ from helpers import BusySession, check_a_watch_wakes_a_resting_reader, wait_unti
 
 import coordactors
 from coordactors import errors
-from coordactors.backend_actors.postgresql import lock_key
+from coordactors.backend_actors import postgresql as pg
+from coordactors.backend_actors.postgresql import events_in_notes, events_note, lock_key
 from coordactors.events import LockLost, MemberJoined, MemberLeft, SessionLost, SessionRestored
 from coordactors.messages import Acquire, Release
 from coordactors.testing import EventRecorder
@@ -219,7 +220,34 @@ def test_a_terminated_connection_loses_the_lease_and_the_session_is_restored(coo
     assert other.members("g") == {"holder"} and other.capabilities("g", "holder") == {"v": 1}
 
 
-def test_every_change_is_logged_in_the_same_transaction_and_arrives_in_order(coordinators, url, namespace, raw):
+def test_event_notes_are_used_only_when_they_follow_on_without_a_gap():
+    note = "e11 " + events_note([["g", "g"], ["join", "leave"], ["a", "a"]])
+    assert events_in_notes([note], 10) == [(11, "g", "join", "a"), (12, "g", "leave", "a")]
+    assert events_in_notes([note], 11) == [(12, "g", "leave", "a")]  # seen already: skipped
+    assert events_in_notes([note], 12) == []
+    assert events_in_notes([note], 9) is None  # event 10 is in no note: read the log
+    assert events_in_notes(["e", note], 10) is None  # a bare note: read the log
+    assert events_in_notes(["e11 {not json"], 10) is None
+    assert events_in_notes(["e11 [1]"], 10) is None and events_in_notes(["ex [[],[],[]]"], 10) is None
+
+
+def test_events_too_long_for_a_note_send_a_bare_one():
+    assert events_note([["g"], ["join"], ["m" * 200]]) != ""
+    assert events_note([["g"] * 40, ["join"] * 40, ["m" * 200] * 40]) == ""  # 8,000+ bytes
+
+
+@pytest.mark.parametrize("carried", [True, False], ids=["events-in-notes", "bare-notes"])
+def test_every_change_is_logged_in_the_same_transaction_and_arrives_in_order(coordinators, url, namespace, raw, monkeypatch, carried):
+    if not carried:
+        monkeypatch.setattr(pg, "NOTE_EVENTS_MAX", 0)
+    taken = []
+
+    def spy(payloads, after):
+        rows = events_in_notes(payloads, after)
+        taken.append(rows)
+        return rows
+
+    monkeypatch.setattr(pg, "events_in_notes", spy)
     watcher, worker = coordinators("watcher", url), coordinators("worker", url)
     worker.create_group("g")
     seen = EventRecorder()
@@ -234,6 +262,10 @@ def test_every_change_is_logged_in_the_same_transaction_and_arrives_in_order(coo
     assert [k for (k,) in kinds] == ["join", "leave"] * 20
     seqs = [s for (s,) in _all(raw, "SELECT seq FROM coordactors_events WHERE namespace = %s ORDER BY seq", (namespace,))]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps
+    if carried:
+        assert any(taken), "no event was taken from a note"
+    else:
+        assert taken and not any(rows is not None for rows in taken), "a bare note was taken for events"
 
 
 def test_concurrent_writers_number_events_in_commit_order(coordinators, url, namespace, raw):

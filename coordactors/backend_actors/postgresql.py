@@ -57,10 +57,12 @@ Mechanisms:
   keeps locked until it commits -- so numbers are assigned in commit order
   (a ``bigserial`` is not: a later id can commit first, and a reader going by
   ``id > last_seen`` would skip the earlier one forever).  The transaction
-  then NOTIFYs.  A reader thread per session LISTENs on a dedicated
-  connection (``select()`` on its socket), reads ``seq > last_seen`` there on
-  each wake-up and hands the rows to the actor: events arrive complete and in
-  order.  Writers trim the log to ``EVENTS_KEPT`` entries.  While the session
+  then NOTIFYs, with the events and their numbers in the payload when they
+  fit.  A reader thread per session LISTENs on a dedicated connection
+  (``select()`` on its socket); on each wake-up it takes the events from the
+  notes when they follow on from the last one it saw without a gap (notes
+  arrive in commit order), else reads ``seq > last_seen`` from the log, and
+  hands the rows to the actor: events arrive complete and in order.  Writers trim the log to ``EVENTS_KEPT`` entries.  While the session
   neither watches nor waits, the reader rests (``UNLISTEN``: a NOTIFY per
   change in the namespace no longer wakes it) and only watches its socket for
   the connection dropping.
@@ -74,6 +76,7 @@ Mechanisms:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import select
@@ -106,6 +109,8 @@ DEFAULT_PORT = 5432
 EVENTS_KEPT = 10_000
 """Entries of a namespace's event log kept; older ones are trimmed by writers."""
 TRIM_EVERY = 256
+NOTE_EVENTS_MAX = 4000
+"""Bytes of events a NOTIFY carries at most (PostgreSQL refuses payloads of 8,000); longer ones send a bare note."""
 _SCHEMA_LOCK = 0x636F6F7264616374  # "coordact": serializes table creation across sessions
 
 # table -> {column: data_type as information_schema.columns spells it}
@@ -140,6 +145,38 @@ def lock_key(namespace: str, name: str) -> int:
     """The advisory lock key of ``name`` in ``namespace``: a stable signed 64-bit hash."""
     digest = hashlib.blake2b(f"{namespace}\x00{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def events_note(columns: list[list[str]]) -> str:
+    """The events (groups, kinds, members) as a NOTIFY carries them: JSON, or
+    ``""`` if too long for a note (the note then only says "read the log")."""
+    note = json.dumps(columns, ensure_ascii=False, separators=(",", ":"))
+    return note if len(note.encode("utf-8")) <= NOTE_EVENTS_MAX else ""
+
+
+def events_in_notes(payloads: list[str], after: int) -> list[tuple[int, str, str, str]] | None:
+    """The log rows after ``after`` that the event notes ``payloads`` carry
+    (``e<first seq> <json>``, in commit order), or None if they cannot be
+    trusted to be all of them -- a bare ``e`` note, or a gap -- and the log
+    must be read."""
+    rows: list[tuple[int, str, str, str]] = []
+    for payload in payloads:
+        first, sep, body = payload[1:].partition(" ")
+        if not sep:
+            return None
+        try:  # a note someone else sent on the channel is not trusted either
+            seq = int(first)
+            groups, kinds, members = json.loads(body)
+        except (ValueError, TypeError):
+            return None
+        for group, kind, member in zip(groups, kinds, members):
+            if seq == after + 1:
+                rows.append((seq, group, kind, member))
+                after = seq
+            elif seq > after:
+                return None
+            seq += 1
+    return rows
 
 
 def _table_prefix(value: str, what: str) -> str:
@@ -428,15 +465,17 @@ class PostgreSQLSession(Coalescing, RestingReader, SessionActor):
         The counter row stays locked until commit, so numbers follow commit order."""
         if not events:
             return
+        columns = [[e[0] for e in events], [e[1] for e in events], [e[2] for e in events]]
         self._run(
             "WITH s AS (INSERT INTO {namespaces} (namespace, seq) VALUES (%(ns)s, %(n)s) "
             "ON CONFLICT (namespace) DO UPDATE SET seq = {namespaces}.seq + EXCLUDED.seq RETURNING seq), "
             "e AS (INSERT INTO {events} (namespace, seq, grp, kind, member) "
             "SELECT %(ns)s, s.seq - %(n)s + u.ord, u.g, u.k, u.m FROM s, "
             "unnest(%(g)s::text[], %(k)s::text[], %(m)s::text[]) WITH ORDINALITY AS u(g, k, m, ord) RETURNING 1) "
-            "SELECT pg_notify(%(ch)s, 'e'), (SELECT count(*) FROM e), (SELECT seq FROM s)",
-            {"ns": self._ns, "n": len(events), "g": [e[0] for e in events], "k": [e[1] for e in events],
-             "m": [e[2] for e in events], "ch": self._channel},
+            "SELECT pg_notify(%(ch)s, CASE WHEN %(p)s = '' THEN 'e' ELSE 'e' || ((SELECT seq FROM s) - %(n)s + 1) || ' ' || %(p)s END), "
+            "(SELECT count(*) FROM e), (SELECT seq FROM s)",
+            {"ns": self._ns, "n": len(events), "g": columns[0], "k": columns[1], "m": columns[2],
+             "ch": self._channel, "p": events_note(columns)},
         )
         self._written += len(events)
         if self._written >= TRIM_EVERY:
@@ -820,10 +859,14 @@ class PostgreSQLSession(Coalescing, RestingReader, SessionActor):
                 # watch reads its group's snapshot first, so reading on from
                 # the oldest view's number misses nothing it needs.
                 views = list(self._views.values())
-                if views and (missed or catch_up or any(n.payload == "e" for n in notes)):
-                    with listen.cursor() as cur:
-                        cur.execute(query, (namespace, max(last_seq, min(view[0] for view in views))))
-                        rows = cur.fetchall()
+                logged = [n.payload for n in notes if n.payload.startswith("e")]
+                if views and (missed or catch_up or logged):
+                    after = max(last_seq, min(view[0] for view in views))
+                    rows = None if missed or catch_up else events_in_notes(logged, after)
+                    if rows is None:  # a note without its events, or a gap: read the log
+                        with listen.cursor() as cur:
+                            cur.execute(query, (namespace, after))
+                            rows = cur.fetchall()
                     if rows:
                         last_seq = rows[-1][0]
                         self.run_on_actor(self._on_events, conn, rows)
