@@ -133,13 +133,26 @@ def test_the_fence_is_the_keys_created_index_plus_the_namespace_epoch(coordinato
     _status, lock = raw("GET", f"/{namespace}/locks/jobs")
     _status, epoch = raw("GET", f"/{namespace}/epoch")
     assert lease.fence == int(epoch["node"]["value"]) + lock["node"]["createdIndex"]
-    assert json.loads(lock["node"]["value"])["member"] == "a"
-    # A refresh moves modifiedIndex, never the fence.
+    value = json.loads(lock["node"]["value"])
+    assert value["member"] == "a"
+    # A lock without a TTL of its own has none: it lives by the session key of
+    # the connection that took it, which the heartbeat refreshes instead.
+    assert "ttl" not in lock["node"]
+    _status, session = raw("GET", f"/{namespace}/sessions/{etcd.encode_name(value['token'])}")
+    assert session["node"]["value"] == value["conn"] and session["node"]["ttl"] > 0
+    timed = coord.ask(Acquire("timed", ttl=30), block=True, timeout=10)
+    _status, timed_key = raw("GET", f"/{namespace}/locks/timed")
+    assert timed_key["node"]["ttl"] > 0
     coord.ask(Heartbeat(), block=True, timeout=10)
-    _status, refreshed = raw("GET", f"/{namespace}/locks/jobs")
-    assert refreshed["node"]["createdIndex"] == lock["node"]["createdIndex"]
-    assert refreshed["node"]["modifiedIndex"] > lock["node"]["modifiedIndex"]
-    assert lease.held
+    _status, after = raw("GET", f"/{namespace}/locks/jobs")
+    assert after["node"] == lock["node"]  # untouched
+    _status, session_after = raw("GET", f"/{namespace}/sessions/{etcd.encode_name(value['token'])}")
+    assert session_after["node"]["modifiedIndex"] > session["node"]["modifiedIndex"]
+    # A lock with a TTL of its own is refreshed: modifiedIndex moves, never the fence.
+    _status, refreshed = raw("GET", f"/{namespace}/locks/timed")
+    assert refreshed["node"]["createdIndex"] == timed_key["node"]["createdIndex"]
+    assert refreshed["node"]["modifiedIndex"] > timed_key["node"]["modifiedIndex"]
+    assert lease.held and timed.held
 
 
 def test_fences_strictly_increase_across_holders_and_a_wiped_server(coordinators, own_server):
@@ -216,6 +229,103 @@ def test_a_lock_key_taken_by_someone_else_is_lost_on_refresh_and_not_deleted(coo
     wait_until(lambda: lease.lost.is_set())
     assert json.loads(raw("GET", f"/{namespace}/locks/jobs")[1]["node"]["value"]) == {"member": "b", "token": "other"}
     coord.join("g", create=True)  # the session itself lives on
+
+
+def _session_key_of(raw: Raw, namespace: str, lock: str) -> tuple[str, dict[str, Any]]:
+    value = json.loads(raw("GET", f"/{namespace}/locks/{lock}")[1]["node"]["value"])
+    return f"/{namespace}/sessions/{etcd.encode_name(value['token'])}", value
+
+
+def test_a_lock_whose_session_key_is_gone_is_free_and_its_holder_learns_it_lost(coordinators, url, raw, namespace):
+    holder = coordinators("holder", url + "&backoff_initial=0.05&backoff_max=0.2")
+    other = coordinators("other", url)
+    own = EventRecorder()
+    holder.subscribe(own)
+    holder.join("g", create=True)
+    holder.campaign("g")
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    with pytest.raises(errors.LockTimeout):
+        other.ask(Acquire("jobs", 0), block=True, timeout=10)
+    assert other.leader("g") == "holder"
+    session_key, _value = _session_key_of(raw, namespace, "jobs")
+    assert raw("DELETE", session_key)[0] == 200  # as if it expired: the holder died
+    assert other.leader("g") is None  # its leader key stands, but nobody alive holds it
+    third = coordinators("third", url)
+    taken = third.ask(Acquire("jobs", 0), block=True, timeout=10)  # a try-lock, no waiting
+    assert taken.fence > lease.fence
+    with pytest.raises(errors.BackendUnavailable, match="the session lapsed"):
+        holder.ask(Heartbeat(), block=True, timeout=10)  # the session key is gone
+    wait_until(lambda: lease.lost.is_set())
+    own.wait_for(_restored, timeout=20)
+    wait_until(lambda: other.leader("g") == "holder")  # the restored session campaigns again
+    with pytest.raises(errors.LockTimeout):
+        holder.ask(Acquire("jobs", 0), block=True, timeout=10)
+
+
+def test_a_waiter_is_granted_when_the_holders_session_key_expires(coordinators, url, raw, namespace):
+    holder, waiter = coordinators("holder", url), coordinators("waiter", url)  # heartbeats every 10 s
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    waiting = waiter.submit(Acquire("jobs", timeout=30))
+    wait_until(lambda: waiter.statistics()["waiting"] == 1)
+    session_key, value = _session_key_of(raw, namespace, "jobs")
+    assert raw("PUT", session_key, {"value": value["conn"], "ttl": 1, "prevExist": "true"})[0] == 200
+    granted = waiting.result(timeout=5)  # woken by the expiry, long before a heartbeat
+    assert granted.fence > lease.fence
+
+
+def test_a_new_connection_of_a_session_frees_the_locks_of_the_one_before(coordinators, url, raw, namespace):
+    holder = coordinators("holder", url + "&backoff_initial=0.05&backoff_max=0.2")
+    other = coordinators("other", url)
+    own = EventRecorder()
+    holder.subscribe(own)
+    lease = holder.ask(Acquire("jobs"), block=True, timeout=10)
+    holder.inject_failure("drill")
+    own.wait_for(_restored, timeout=20)
+    assert lease.lost.is_set()
+    # The session key lives on, with the new connection's id: the old lock is dead.
+    assert other.ask(Acquire("jobs", 0), block=True, timeout=10).fence > lease.fence
+
+
+def test_locks_of_dead_sessions_are_deleted_by_any_sessions_heartbeat(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    coord.ask(Acquire("mine"), block=True, timeout=10)
+    dead = json.dumps({"member": "gone", "token": "t-gone", "conn": "c"})
+    assert raw("PUT", f"/{namespace}/locks/stale", {"value": dead, "prevExist": "false"})[0] == 201
+    timed = json.dumps({"member": "gone", "token": "t-gone"})
+    assert raw("PUT", f"/{namespace}/locks/timed", {"value": timed, "ttl": 60, "prevExist": "false"})[0] == 201
+    _session(coord)._heartbeats = 0  # the next heartbeat looks
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    assert raw("GET", f"/{namespace}/locks/stale")[0] == 404
+    assert raw("GET", f"/{namespace}/locks/timed")[0] == 200  # a TTL of its own: it expires by itself
+    assert raw("GET", f"/{namespace}/locks/mine")[0] == 200
+
+
+def test_a_heartbeat_with_many_locks_makes_a_few_requests_and_still_sees_a_lost_one(coordinators, url, raw, namespace, monkeypatch):
+    coord = coordinators("a", url)
+    leases = [coord.ask(Acquire(f"l{i}"), block=True, timeout=10) for i in range(3 * etcd.CHECKED_ONE_BY_ONE)]
+    assert raw("DELETE", f"/{namespace}/locks/l7")[0] == 200
+    sent = []
+    send = etcd._Http.send
+
+    def counted(self, method, key, **kwargs):
+        sent.append((method, key))
+        return send(self, method, key, **kwargs)
+
+    monkeypatch.setattr(etcd._Http, "send", counted)
+    _session(coord)._heartbeats = 1  # not a heartbeat that reaps
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    assert len(sent) <= 2, sent  # the session key's refresh and one listing of the locks
+    wait_until(lambda: leases[7].lost.is_set())
+    assert not any(lease.lost.is_set() for i, lease in enumerate(leases) if i != 7)
+
+
+def test_a_stopped_session_deletes_its_session_key(coordinators, url, raw, namespace):
+    coord = coordinators("a", url)
+    coord.ask(Acquire("jobs"), block=True, timeout=10)
+    session_key, _value = _session_key_of(raw, namespace, "jobs")
+    coord.stop()
+    assert raw("GET", session_key)[0] == 404
+    assert raw("GET", f"/{namespace}/locks/jobs")[0] == 404
 
 
 def test_the_leader_is_reported_from_the_lock_keys_creation(coordinators, url, recorder):

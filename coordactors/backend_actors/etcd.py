@@ -13,8 +13,8 @@ the v2 store only then).  Options, besides the common ones:
                      between 0.5 and 5)
 ===================  ==========================================================
 
-``session_ttl`` (default 30 s) is the TTL of memberships and of locks without
-a TTL of their own; it cannot be ``none``.  etcd counts TTLs in whole
+``session_ttl`` (default 30 s) is the TTL of memberships and of the session
+key that locks without a TTL of their own live by; it cannot be ``none``.  etcd counts TTLs in whole
 seconds: a TTL is rounded UP at the server, and the holder gives a lease up on
 its own clock at the TTL it asked for (minus a margin), so it always lets go
 first.
@@ -24,7 +24,9 @@ Layout, under ``/<namespace>``::
     epoch              the fence base (see below); written once
     groups/<g>/        directory: the group
     groups/<g>/<m>     a membership, TTL session_ttl; value {"caps", "token"}
-    locks/<name>       a lock, TTL; value {"member", "token"}
+    sessions/<token>   a session key, TTL session_ttl; value: its connection's id
+    locks/<name>       a lock; value {"member", "token", "conn"} -- or, for a
+                       lease with a TTL of its own, that TTL and {"member", "token"}
 
 Names are arbitrary unicode, so each becomes ONE key segment by
 percent-encoding UTF-8, keeping only ASCII letters, digits, ``-`` and ``~``
@@ -37,14 +39,28 @@ long poll of its event reader.
 
 Mechanisms:
 
-* lock: a create-only key with a TTL (``PUT ?prevExist=false&ttl=N``).  A
-  refresh is ``PUT ?refresh=true&prevIndex=<modifiedIndex>&ttl=N`` (no
-  watcher is woken by a refresh) and a release ``DELETE ?prevIndex=...``, so
-  neither touches a key that changed hands.  **The fence is the key's
+* lock: a create-only key (``PUT ?prevExist=false``); a release is
+  ``DELETE ?prevIndex=...``, which never touches a key that changed hands.
+  etcd v2 has no leases and no multi-key request, so a key's TTL can only be
+  refreshed one request per key: a lock instead lives as long as the session
+  key of the connection that took it (its token and connection id are in
+  its value), and a heartbeat refreshes that one key
+  (``refresh=true&prevValue=<connection id>``; no watcher is woken by a
+  refresh) and checks the held locks are still there (by one listing of the
+  locks directory when it holds many).  A contender that finds a lock taken
+  reads its holder's session key: gone, or naming another connection (the
+  session reconnected; its old locks were declared lost), and the lock is
+  deleted (``prevIndex``) and taken.  A session key seen alive is believed for
+  the TTL it had left, so contended try-locks cost no extra request.  The
+  reader wakes waiters when a session key goes; every ``REAP_EVERY``
+  heartbeats a session deletes the locks of dead sessions nobody contends,
+  and a stopping session deletes its key.  A lease with a TTL of its own
+  keeps a key with that TTL, refreshed by each heartbeat (``PUT
+  ?refresh=true&prevIndex=<modifiedIndex>&ttl=N``).  **The fence is the key's
   ``createdIndex``** plus this namespace's epoch: ``createdIndex`` is the
   etcd index of the write that created the key, set once and strictly
   increasing from one creation to the next, whereas ``modifiedIndex`` moves
-  on every refresh and would not identify a grant.  etcd's indexes restart
+  on every refresh of a key with a TTL and would not identify a grant.  etcd's indexes restart
   from zero if its data is wiped, so the fence adds an epoch stored in the
   namespace and written once, as ``fence_floor()`` (microseconds since the
   epoch) minus the etcd index at that moment: a wiped etcd also lost the
@@ -93,6 +109,7 @@ import socket
 import threading
 import time
 import urllib.parse
+import uuid
 from typing import Any, Generator, TypeVar
 
 from coordactors import errors
@@ -126,6 +143,11 @@ LEAVE_ACTIONS = frozenset({"delete", "expire", "compareAndDelete"})
 # etcd v2 error codes (etcd/etcdserver/api/v2error).
 KEY_NOT_FOUND, COMPARE_FAILED, NOT_A_FILE, NOT_A_DIR, NODE_EXISTS, DIR_NOT_EMPTY = 100, 101, 102, 104, 105, 108
 UNAUTHORIZED, INDEX_CLEARED = 110, 401
+DIRECTORIES = ("groups", "locks", "sessions")
+REAP_EVERY = 16
+"""A session looks for locks of dead sessions every this many heartbeats (and at its first)."""
+CHECKED_ONE_BY_ONE = 16
+"""A heartbeat reads up to this many held locks key by key, more by listing the locks directory once."""
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
@@ -298,6 +320,9 @@ class _Connection:
         self.watch = watch
         self.epoch = epoch
         self.index = index
+        self.id = uuid.uuid4().hex
+        """The value of the session key while this connection is the session's:
+        the locks it takes name it, and die with it."""
         self.thread: threading.Thread | None = None
         self.stopping = threading.Event()
         self.rest = ReaderRest()
@@ -334,12 +359,13 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
     checks the layout, reads the epoch).  Every ``do_*`` hook runs on the
     actor thread and makes one to a few requests, each bounded by
     ``request_timeout``; only ``do_heartbeat`` and ``do_refresh`` make one per
-    membership or lease (v2 has no multi-key request).  The reader thread
+    membership or per lease with a TTL of its own (v2 has no multi-key
+    request).  The reader thread
     (``EtcdEvents[<member>]``) only long-polls and hands each event to the
     actor with ``run_on_actor``; ``close`` shuts its socket down and joins it.
 
     Acquires and releases queued together (many callers sharing the
-    coordinator), and the per-lease refreshes of a heartbeat, are sent at
+    coordinator), and the per-lease requests of a heartbeat, are sent at
     once, as etcd v2 has no transaction to put them in: each is written as
     *steps* (a generator yielding its requests, sent each reply), and
     ``_at_once`` runs up to ``LANES`` of them together on connections of
@@ -381,6 +407,11 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         """Lock name -> [createdIndex, modifiedIndex] of the keys this session holds."""
         self._member_values: dict[str, str] = {}
         """Group -> the value of this session's membership key."""
+        self._alive: dict[str, tuple[str, float]] = {}
+        """Session token -> (its connection id, until when its session key is
+        known to live): a key with a TTL lives at least that long unless
+        deleted, and a deletion seen by the reader drops the entry."""
+        self._heartbeats = 0
         self._views: dict[str, _View] = {}
         self._endpoints = Endpoints(url_hosts(self.options, DEFAULT_PORT), self.options.backoff_initial, self.options.backoff_max)
 
@@ -417,7 +448,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             if exc.code != KEY_NOT_FOUND:
                 raise
             index, children = exc.index, {}
-        for name in ("groups", "locks"):
+        for name in DIRECTORIES:
             child = children.get(name)
             if child is None:
                 try:
@@ -456,6 +487,12 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         self._max_index = conn.index
         self._epoch = conn.epoch
         self._held = {}
+        self._heartbeats = 0
+        # Made here, after the base noted when the session began: the key
+        # outlives the holder's own view of its untimed leases.  Set, not
+        # created: an earlier connection of this session may have left it,
+        # and the new value kills that connection's locks at once.
+        self._request("PUT", self._session_key(self.session_token), form={"value": conn.id, "ttl": self._ttl(None)})
         if wiped or self._applied is None or not self._views:
             self._applied = conn.index
         start = self._applied + 1
@@ -626,6 +663,9 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
     def _lock_key(self, name: str) -> str:
         return f"{self._root}/locks/{encode_name(name)}"
+
+    def _session_key(self, token: str) -> str:
+        return f"{self._root}/sessions/{encode_name(token)}"
 
     def _ttl(self, ttl: float | None) -> int:
         return max(1, math.ceil(ttl if ttl is not None else float(self.options.session_ttl or 30.0)))
@@ -799,10 +839,13 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
     def _claim(self, name: str, ttl: float | None) -> _Steps[int | None]:
         key = self._lock_key(name)
-        value = json.dumps({"member": self.member_id, "token": self.session_token}, separators=(",", ":"))
+        if ttl is None:  # lives as long as this connection's session key
+            form = {"value": self._lock_value(), "prevExist": "false"}
+        else:
+            form = {"value": self._lock_value(with_connection=False), "ttl": self._ttl(ttl), "prevExist": "false"}
         for _attempt in range(4):
             try:
-                node = (yield ("PUT", key, {"value": value, "ttl": self._ttl(ttl), "prevExist": "false"}, None))["node"]
+                node = (yield ("PUT", key, form, None))["node"]
             except EtcdError as exc:
                 if exc.code in (NOT_A_DIR, NOT_A_FILE):
                     raise self._foreign(f"{self._root}/locks", "a directory") from None
@@ -814,8 +857,19 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             holder = yield from self._read(key)
             if holder is None:
                 continue  # freed as we looked
-            if holder.get("dir") or self._parse(key, holder, "token") != self.session_token:
+            if holder.get("dir"):
                 return None
+            if self._parse(key, holder, "token") != self.session_token:
+                if (yield from self._holder_alive(key, holder)):
+                    return None
+                # Its session is gone: the lock is free.  (prevIndex: a
+                # key taken meanwhile by someone alive is left alone.)
+                try:
+                    yield ("DELETE", key, None, {"prevIndex": holder["modifiedIndex"]})
+                except EtcdError as exc:
+                    if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                        raise
+                continue
             # Ours, from a connection this session gave up (the base never
             # retries a lock it holds): its lease was declared lost already.
             try:
@@ -824,6 +878,36 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                 if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
                     raise
         return None
+
+    def _lock_value(self, *, with_connection: bool = True) -> str:
+        fields = {"member": self.member_id, "token": self.session_token}
+        if with_connection:
+            fields["conn"] = self.conn.id
+        return json.dumps(fields, separators=(",", ":"))
+
+    def _holder_alive(self, key: str, holder: dict[str, Any], *, cached: bool = True) -> _Steps[bool]:
+        """Whether the lock ``holder`` (a lock key's node) still stands: a key
+        with a TTL of its own lives until it expires; one without lives as
+        long as the session key of the connection that took it.
+
+        ``cached``: a session key seen alive is believed for the TTL it had
+        left (unless the reader saw it go), so contended try-locks on a
+        live holder cost no extra request -- a holder that dies is then
+        found dead no later than its lock would have expired with a TTL."""
+        if "ttl" in holder:
+            return True
+        token, connection = self._parse(key, holder, "token"), self._parse(key, holder, "conn")
+        known = self._alive.get(token)
+        if cached and known is not None and known[0] == connection and known[1] > time.monotonic():
+            return True
+        asked_at = time.monotonic()
+        session = yield from self._read(self._session_key(token))
+        if session is None or session.get("value") != connection:
+            self._alive.pop(token, None)
+            return False
+        if "ttl" in session:  # (whole seconds left, rounded: one less is sure)
+            self._alive[token] = (connection, asked_at + int(session["ttl"]) - 1)
+        return True
 
     def _still_mine(self, name: str, held: list[int], exc: EtcdError) -> _Steps[bool]:
         """After a refused compare on ``prevIndex``: is the key still this
@@ -877,21 +961,31 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         self.retry_freed(freed)
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
-        """One refresh per lease (etcd v2 has no multi-key request), up to
-        ``LANES`` at once."""
-        mine = []
+        """Leases without a TTL of their own live by the session key, which
+        the heartbeat refreshed: they are only checked for being still there
+        (key by key, or by one listing of the locks when many are held).
+        Leases with a TTL get one refresh each (etcd v2 has no multi-key
+        request), up to ``LANES`` at once."""
+        timed, untimed = [], []
         lost = set()
         for lease in leases:
             held = self._held.get(lease.name)
             if held is None or self._epoch + held[0] != lease.fence:
                 lost.add((lease.name, lease.fence))
             else:
-                mine.append((lease, held))
-        if len(mine) <= 1:
-            outcomes = [(True, self._run(self._refresh_lock(*item))) for item in mine]
+                (untimed if lease.ttl is None else timed).append((lease, held))
+        works = [self._refresh_lock(*item) for item in timed]
+        if len(untimed) > CHECKED_ONE_BY_ONE:
+            standing = self._standing_locks()
+            lost.update((lease.name, lease.fence) for lease, held in untimed if standing.get(lease.name) != held[0])
         else:
-            outcomes = self._at_once([self._refresh_lock(*item) for item in mine])
-        for (lease, _held), (ok, refreshed) in zip(mine, outcomes):
+            timed.extend(untimed)
+            works.extend(self._check_lock(*item) for item in untimed)
+        if len(works) <= 1:
+            outcomes = [(True, self._run(work)) for work in works]
+        else:
+            outcomes = self._at_once(works)
+        for (lease, _held), (ok, refreshed) in zip(timed, outcomes):
             if not ok:
                 raise refreshed
             if not refreshed:
@@ -899,6 +993,17 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         for name, _fence in lost:
             self._held.pop(name, None)
         return lost
+
+    def _check_lock(self, lease: Lease, held: list[int]) -> _Steps[bool]:
+        node = yield from self._read(self._lock_key(lease.name))
+        return node is not None and node.get("createdIndex") == held[0]
+
+    def _standing_locks(self) -> dict[str, int]:
+        """Every lock key of the namespace: name -> createdIndex."""
+        node = self._get(f"{self._root}/locks")
+        if node is None or not node.get("dir"):
+            return {}
+        return {decode_name(child["key"].rpartition("/")[2]): child.get("createdIndex") for child in node.get("nodes", ()) if not child.get("dir")}
 
     def _refresh_lock(self, lease: Lease, held: list[int]) -> _Steps[bool]:
         form = {"refresh": "true", "prevExist": "true", "ttl": self._ttl(lease.ttl)}
@@ -920,14 +1025,30 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             return None
         if node.get("dir"):
             raise self._foreign(key, "a lock key")
-        return self._parse(key, node, "member")
+        return self._live_holder(key, node)
+
+    def _live_holder(self, key: str, node: dict[str, Any]) -> str | None:
+        """The member holding the lock key ``node``, or None if its session is gone."""
+        member = self._parse(key, node, "member")
+        if self._parse(key, node, "token") == self.session_token and "ttl" not in node:
+            return member if self._parse(key, node, "conn") == self.conn.id else None
+        return member if self._run(self._holder_alive(key, node, cached=False)) else None
 
     # -- liveness ----------------------------------------------------------------------------
 
     def do_heartbeat(self) -> None:
-        """Refresh every membership (one request each); with none, one GET
-        proves the server answers, which the lease clock needs."""
+        """Refresh the session key (which every lock without a TTL of its own
+        lives by) and every membership (one request each); now and then,
+        free the locks of dead sessions."""
         ttl = self._ttl(None)
+        try:
+            self._request("PUT", self._session_key(self.session_token), form={"refresh": "true", "ttl": ttl, "prevValue": self.conn.id})
+        except EtcdError as exc:
+            if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                raise
+            raise errors.BackendUnavailable(
+                f"the session key of {self.member_id!r} on {self.url} expired or was taken: the session lapsed, and its locks with it"
+            ) from None
         for group, value in list(self._member_values.items()):
             try:
                 self._request("PUT", self._member_key(group, self.member_id), form={"refresh": "true", "ttl": ttl, "prevValue": value})
@@ -938,8 +1059,43 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                 raise errors.BackendUnavailable(
                     f"the membership of {self.member_id!r} in {group!r} on {self.url} expired or was taken: the session lapsed"
                 ) from None
-        if not self._member_values and self._get(self._root) is None:
-            raise errors.BackendUnavailable(f"the namespace {self._root!r} vanished from {self.url}; reconnecting recreates it")
+        if self._heartbeats % REAP_EVERY == 0:
+            self._reap()
+        self._heartbeats += 1
+
+    def _reap(self) -> None:
+        """Delete the locks whose session key is gone (their holders died
+        without a successor taking the lock), so none outlives its holder
+        for long.  The locks are listed before the sessions: a lock's session
+        key is made before the lock, so a lock listed first whose session is
+        missing from the later listing was dead when it was listed."""
+        locks = self._get(f"{self._root}/locks")
+        sessions = self._get(f"{self._root}/sessions")
+        if locks is None or sessions is None:
+            return
+        alive = {child["key"].rpartition("/")[2]: child.get("value") for child in sessions.get("nodes", ())}
+        for child in locks.get("nodes", ()):
+            if child.get("dir") or "ttl" in child:
+                continue
+            try:
+                holder = json.loads(child["value"])
+                dead = alive.get(encode_name(holder["token"])) != holder["conn"]
+            except (KeyError, TypeError, ValueError):
+                continue  # not a lock of ours: left alone
+            if dead:
+                try:
+                    self._request("DELETE", child["key"], query={"prevIndex": child["modifiedIndex"]})
+                except EtcdError as exc:
+                    if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                        raise
+
+    def do_shutdown(self) -> None:
+        """Delete the session key: locks left behind are free at once, not after session_ttl."""
+        try:
+            self._request("DELETE", self._session_key(self.session_token), query={"prevValue": self.conn.id})
+        except EtcdError as exc:
+            if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                raise
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -1059,7 +1215,13 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             elif action in LEAVE_ACTIONS and member in view.members:
                 view.members.discard(member)
                 self.emit(MemberLeft(group, member))
-        elif len(parts) == 1 and parts[0] in ("groups", "locks") and action in LEAVE_ACTIONS:
+        elif parts[0] == "sessions" and len(parts) == 2:
+            if action in LEAVE_ACTIONS or (action == "set" and "prevNode" in event):
+                # A session ended (or a new connection of it took over): its
+                # untimed locks are free -- the waiters' next try deletes them.
+                self._alive.pop(decode_name(parts[1]), None)
+                self.wake()
+        elif len(parts) == 1 and parts[0] in DIRECTORIES and action in LEAVE_ACTIONS:
             raise errors.BackendUnavailable(f"{self._root}/{parts[0]} was deleted from {self.url}; reconnecting recreates it")
 
     def _look(self, group: str) -> _View:
@@ -1078,7 +1240,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         key = self._lock_key(leader_lock_name(group))
         try:
             leader_index, reply = conn.http.request("GET", key)
-            leader = self._parse(key, reply["node"], "member")
+            leader = self._live_holder(key, reply["node"])
         except EtcdError as exc:
             if exc.code != KEY_NOT_FOUND:
                 raise
