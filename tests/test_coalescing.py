@@ -113,3 +113,19 @@ def test_a_batch_on_file_is_one_registry_write(coordinators: Any, tmp_path: Any)
     busy.release()
     assert [future.result(timeout=BOUND) for future in releases] == [None] * 8
     assert writes == [1, 1]
+
+
+@pytest.mark.timeout(90)
+def test_queued_acquires_with_a_ttl_of_their_own_keep_it(connect: Any) -> None:
+    shared = connect("shared")
+    session = _session(shared)
+    busy = BusySession(session)
+    timed = [shared.submit(Acquire(f"timed-{i}", ttl=30)) for i in range(4)]
+    busy.release()
+    if not session.LEASE_TTL:  # a lock that lives as long as the session
+        for future in timed:
+            with pytest.raises(errors.NotSupported):
+                future.result(timeout=BOUND)
+        return
+    leases = [future.result(timeout=BOUND) for future in timed]
+    assert [lease.ttl for lease in leases] == [30] * 4

@@ -943,13 +943,14 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
-        outcomes = self._at_once([self._claim(call.message.name, None) if lease is None else self._unclaim(lease.name, lease.fence)
-                                  for call, lease in run])
+        ttls = [self.lease_ttl_of(call.message) if lease is None else None for call, lease in run]
+        outcomes = self._at_once([self._claim(call.message.name, ttl) if lease is None else self._unclaim(lease.name, lease.fence)
+                                  for (call, lease), ttl in zip(run, ttls)])
         freed = []
-        for (call, lease), (ok, value) in zip(run, outcomes):
+        for (call, lease), ttl, (ok, value) in zip(run, ttls, outcomes):
             if lease is None:
                 if ok:
-                    self.settle_acquire(call, value, sent_at)
+                    self.settle_acquire(call, value, sent_at, ttl)
                 else:
                     self._serve(call)  # the usual path meets (and reports) the failure, or finds its own key
             elif ok:
