@@ -137,7 +137,7 @@ def test_the_fence_is_the_keys_created_index_plus_the_namespace_epoch(coordinato
     assert value["member"] == "a"
     # A lock without a TTL of its own has none: it lives by the session key of
     # the connection that took it, which the heartbeat refreshes instead.
-    assert "ttl" not in lock["node"]
+    assert "expiration" not in lock["node"]
     _status, session = raw("GET", f"/{namespace}/sessions/{etcd.encode_name(value['token'])}")
     assert session["node"]["value"] == value["conn"] and session["node"]["ttl"] > 0
     timed = coord.ask(Acquire("timed", ttl=30), block=True, timeout=10)
@@ -260,6 +260,14 @@ def test_a_lock_whose_session_key_is_gone_is_free_and_its_holder_learns_it_lost(
     wait_until(lambda: other.leader("g") == "holder")  # the restored session campaigns again
     with pytest.raises(errors.LockTimeout):
         holder.ask(Acquire("jobs", 0), block=True, timeout=10)
+
+
+def test_a_lock_key_with_a_ttl_stands_until_it_expires_even_once_etcd_leaves_its_ttl_out(coordinators, url):
+    # etcd omits "ttl" when it reaches 0, before the key is removed; "expiration" stays.
+    steps = _session(coordinators("a", url))._holder_alive("k", {"expiration": "2026-01-01T00:00:00Z", "value": "{}"})
+    with pytest.raises(StopIteration) as done:
+        next(steps)  # no request: the key's own TTL says it stands
+    assert done.value.value is True
 
 
 def test_a_waiter_is_granted_when_the_holders_session_key_expires(coordinators, url, raw, namespace):

@@ -887,14 +887,15 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
     def _holder_alive(self, key: str, holder: dict[str, Any], *, cached: bool = True) -> _Steps[bool]:
         """Whether the lock ``holder`` (a lock key's node) still stands: a key
-        with a TTL of its own lives until it expires; one without lives as
+        with a TTL of its own (an ``expiration``: etcd leaves ``ttl`` out once
+        it reaches 0, before the key is removed) lives until it expires; one without lives as
         long as the session key of the connection that took it.
 
         ``cached``: a session key seen alive is believed for the TTL it had
         left (unless the reader saw it go), so contended try-locks on a
         live holder cost no extra request -- a holder that dies is then
         found dead no later than its lock would have expired with a TTL."""
-        if "ttl" in holder:
+        if "expiration" in holder:
             return True
         token, connection = self._parse(key, holder, "token"), self._parse(key, holder, "conn")
         known = self._alive.get(token)
@@ -905,7 +906,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         if session is None or session.get("value") != connection:
             self._alive.pop(token, None)
             return False
-        if "ttl" in session:  # (whole seconds left, rounded: one less is sure)
+        if session.get("ttl", 0) > 1:  # (whole seconds left, rounded up: one less is sure)
             self._alive[token] = (connection, asked_at + int(session["ttl"]) - 1)
         return True
 
@@ -1031,7 +1032,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
     def _live_holder(self, key: str, node: dict[str, Any]) -> str | None:
         """The member holding the lock key ``node``, or None if its session is gone."""
         member = self._parse(key, node, "member")
-        if self._parse(key, node, "token") == self.session_token and "ttl" not in node:
+        if self._parse(key, node, "token") == self.session_token and "expiration" not in node:
             return member if self._parse(key, node, "conn") == self.conn.id else None
         return member if self._run(self._holder_alive(key, node, cached=False)) else None
 
@@ -1076,7 +1077,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             return
         alive = {child["key"].rpartition("/")[2]: child.get("value") for child in sessions.get("nodes", ())}
         for child in locks.get("nodes", ()):
-            if child.get("dir") or "ttl" in child:
+            if child.get("dir") or "expiration" in child:
                 continue
             try:
                 holder = json.loads(child["value"])
