@@ -146,7 +146,7 @@ UNAUTHORIZED, INDEX_CLEARED = 110, 401
 DIRECTORIES = ("groups", "locks", "sessions")
 REAP_EVERY = 16
 """A session looks for locks of dead sessions every this many heartbeats (and at its first)."""
-CHECKED_ONE_BY_ONE = 16
+CHECKED_ONE_BY_ONE = 8
 """A heartbeat reads up to this many held locks key by key, more by listing the locks directory once."""
 
 
@@ -976,13 +976,15 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                 lost.add((lease.name, lease.fence))
             else:
                 (untimed if lease.ttl is None else timed).append((lease, held))
-        works = [self._refresh_lock(*item) for item in timed]
+        # Reads go on the session's own connection: a lane may be on another
+        # server, whose reads can lag (writes cannot: a server answers one
+        # once it applied it), and an index seen going back fails the session.
         if len(untimed) > CHECKED_ONE_BY_ONE:
             standing = self._standing_locks()
             lost.update((lease.name, lease.fence) for lease, held in untimed if standing.get(lease.name) != held[0])
         else:
-            timed.extend(untimed)
-            works.extend(self._check_lock(*item) for item in untimed)
+            lost.update((lease.name, lease.fence) for lease, held in untimed if not self._run(self._check_lock(lease, held)))
+        works = [self._refresh_lock(*item) for item in timed]
         if len(works) <= 1:
             outcomes = [(True, self._run(work)) for work in works]
         else:
