@@ -104,11 +104,12 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield _row("16 callers share one coordinator", backend, op, gain, SHARED_GAIN, gain >= SHARED_GAIN,
                            f"ask, 16 callers over one, median of {len(gains)} back-to-back pairs ({', '.join(f'{g:.1f}x' for g in gains)}); "
                            f"first pair {shared['throughput']:.0f}/s vs {one['throughput']:.0f}/s")
-            tooz16 = samples.get((backend, op, "tooz", "sep16"))
+            tooz16, raw16 = samples.get((backend, op, "tooz", "sep16")), samples.get((backend, op, "raw", "sep16"))
             if best_shared is not None and tooz16 is not None:
                 yield _row("concurrent: one coordinator beats 16 tooz", backend, op, best_shared, tooz16["throughput"],
                            best_shared > tooz16["throughput"],
-                           f"best of ask/submit/asyncio with 16 callers: {best_shared:.0f}/s; tooz, 16 coordinators: {tooz16['throughput']:.0f}/s")
+                           f"best of ask/submit/asyncio with 16 callers: {best_shared:.0f}/s; tooz, 16 coordinators: {tooz16['throughput']:.0f}/s"
+                           + ("" if raw16 is None else f"; coordactors' protocol by hand, 16 connections: {raw16['throughput']:.0f}/s"))
     for row in data.get("heartbeat", []):
         if row.get("contender") != "ask" or not row.get("sample") or not row.get("round_trip_us") or row["backend"] in LOCAL_BACKENDS:
             continue  # no round trips to count where the backend is this host's memory or files
