@@ -184,6 +184,35 @@ def pingpong(iterations: int, duration: float) -> Sample:
         thread.join(5)
 
 
+def loop_pingpong(iterations: int, duration: float) -> Sample:
+    """A task on an asyncio loop hands an item to a thread, which hands it
+    back with ``call_soon_threadsafe``: the floor of any actor answering an
+    ``await`` (a loop wakes through its self-pipe, not a futex)."""
+    to_echo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def echo() -> None:
+        while True:
+            item = to_echo.get()
+            if item is None:
+                return
+            loop, future = item
+            loop.call_soon_threadsafe(future.set_result, 1)
+
+    async def one() -> None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        to_echo.put((loop, future))
+        await future
+
+    thread = threading.Thread(target=echo, name="bench-loop-echo", daemon=True)
+    thread.start()
+    try:
+        return run_async_callers([one], iterations=iterations, duration=duration, warmup=100)
+    finally:
+        to_echo.put(None)
+        thread.join(5)
+
+
 class _Echo(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         return message
@@ -200,4 +229,5 @@ def pykka_ask(iterations: int, duration: float) -> Sample:
 
 def measure_floors(iterations: int, duration: float) -> dict[str, Sample]:
     """The hand-off floors measured in this run."""
-    return {"queue_pingpong": pingpong(iterations, duration), "pykka_ask": pykka_ask(iterations, duration)}
+    return {"queue_pingpong": pingpong(iterations, duration), "loop_pingpong": loop_pingpong(iterations, duration),
+            "pykka_ask": pykka_ask(iterations, duration)}

@@ -37,7 +37,10 @@ def markdown(data: dict[str, Any]) -> str:
         f"Settings: {data['settings']}.",
         "",
         f"Floors: bare `queue.SimpleQueue` thread ping-pong p50 **{floors['queue_pingpong']['p50_us']:.0f} µs** "
-        f"(p99 {floors['queue_pingpong']['p99_us']:.0f} µs); plain pykka `ask` p50 {floors['pykka_ask']['p50_us']:.0f} µs "
+        f"(p99 {floors['queue_pingpong']['p99_us']:.0f} µs); "
+        + (f"a thread answering a task on an asyncio loop (`call_soon_threadsafe`) p50 {floors['loop_pingpong']['p50_us']:.0f} µs; "
+           if "loop_pingpong" in floors else "")
+        + f"plain pykka `ask` p50 {floors['pykka_ask']['p50_us']:.0f} µs "
         f"(medians of {len(data.get('floor_runs', [floors]))} measurements between backends; ping-pong p50 ranged "
         f"{min(r['queue_pingpong']['p50_us'] for r in data.get('floor_runs', [floors])):.0f}–"
         f"{max(r['queue_pingpong']['p50_us'] for r in data.get('floor_runs', [floors])):.0f} µs).",

@@ -57,6 +57,7 @@ def _row(target: str, backend: str, what: str, value: float, limit: float, ok: b
 def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
     samples = _index(data["results"])
     pingpong = data["floors"]["queue_pingpong"]["p50_us"]
+    loop_pingpong = data["floors"].get("loop_pingpong", {}).get("p50_us")
     backends = [b for b in data["backends"]]
     for backend in backends:
         for op, requests in REQUESTS_PER_OPERATION.items():
@@ -71,6 +72,8 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 beyond = ("" if handoff is None else
                           f"; raw behind a bare hand-off {handoff['p50_us']:.0f} µs, so {contender} adds "
                           f"{(ours['p50_us'] - handoff['p50_us']) / requests:.0f} µs per request beyond any actor's floor")
+                if contender == "asyncio" and loop_pingpong is not None:
+                    beyond += f" (an event loop's own ping-pong: {loop_pingpong:.0f} µs)"
                 row = _row("overhead", backend, f"{op} via {contender}", overhead, limit, overhead <= limit,
                            f"p50 {ours['p50_us']:.0f} µs - raw {raw['p50_us']:.0f} µs over {requests} request(s); ping-pong {pingpong:.0f} µs"
                            + beyond)
