@@ -14,10 +14,10 @@ the v2 store only then).  Options, besides the common ones:
 ===================  ==========================================================
 
 ``session_ttl`` (default 30 s) is the TTL of memberships and of the session
-key that locks without a TTL of their own live by; it cannot be ``none``.  etcd counts TTLs in whole
-seconds: a TTL is rounded UP at the server, and the holder gives a lease up on
-its own clock at the TTL it asked for (minus a margin), so it always lets go
-first.
+key that locks without a TTL of their own live by; it cannot be ``none``.
+etcd counts TTLs in whole seconds: a TTL is rounded UP at the server, and the
+holder gives a lease up on its own clock at the TTL it asked for (minus a
+margin), so it always lets go first.
 
 Layout, under ``/<namespace>``::
 
@@ -60,8 +60,8 @@ Mechanisms:
   ``createdIndex``** plus this namespace's epoch: ``createdIndex`` is the
   etcd index of the write that created the key, set once and strictly
   increasing from one creation to the next, whereas ``modifiedIndex`` moves
-  on every refresh of a key with a TTL and would not identify a grant.  etcd's indexes restart
-  from zero if its data is wiped, so the fence adds an epoch stored in the
+  on every refresh of a key with a TTL and would not identify a grant.
+  etcd's indexes restart from zero if its data is wiped, so the fence adds an epoch stored in the
   namespace and written once, as ``fence_floor()`` (microseconds since the
   epoch) minus the etcd index at that moment: a wiped etcd also lost the
   epoch key, and the next session writes a new one, which is larger than any
@@ -157,8 +157,9 @@ _UNRESERVED_PATH = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 _quote_plus = functools.lru_cache(maxsize=512)(urllib.parse.quote_plus)
-"""``quote_plus`` runs Python per byte: ~60 µs for a lock's JSON value, which a
-session sends again and again (its lock value, its members' capabilities)."""
+"""``quote_plus`` runs Python per byte (~5 µs for a lock's JSON value), and a
+session sends the same values again and again (its lock value, its members'
+capabilities)."""
 
 
 def urlencoded(fields: dict[str, Any]) -> str:
@@ -902,8 +903,9 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
     def _holder_alive(self, key: str, holder: dict[str, Any], *, cached: bool = True) -> _Steps[bool]:
         """Whether the lock ``holder`` (a lock key's node) still stands: a key
         with a TTL of its own (an ``expiration``: etcd leaves ``ttl`` out once
-        it reaches 0, before the key is removed) lives until it expires; one without lives as
-        long as the session key of the connection that took it.
+        it reaches 0, before the key is removed) lives until it expires; one
+        without lives as long as the session key of the connection that took
+        it.
 
         ``cached``: a session key seen alive is believed for the TTL it had
         left (unless the reader saw it go), so contended try-locks on a

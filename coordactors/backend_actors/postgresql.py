@@ -62,7 +62,8 @@ Mechanisms:
   (``select()`` on its socket); on each wake-up it takes the events from the
   notes when they follow on from the last one it saw without a gap (notes
   arrive in commit order), else reads ``seq > last_seen`` from the log, and
-  hands the rows to the actor: events arrive complete and in order.  Writers trim the log to ``EVENTS_KEPT`` entries.  While the session
+  hands the rows to the actor: events arrive complete and in order.  Writers
+  trim the log to ``EVENTS_KEPT`` entries.  While the session
   neither watches nor waits, the reader rests (``UNLISTEN``: a NOTIFY per
   change in the namespace no longer wakes it) and only watches its socket for
   the connection dropping.
