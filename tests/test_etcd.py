@@ -308,6 +308,24 @@ def test_locks_of_dead_sessions_are_deleted_by_any_sessions_heartbeat(coordinato
     assert raw("GET", f"/{namespace}/locks/mine")[0] == 200
 
 
+def test_a_look_for_dead_sessions_deletes_a_bounded_number_of_locks(coordinators, url, raw, namespace, monkeypatch):
+    coord = coordinators("a", url)
+    monkeypatch.setattr(etcd, "REAPED_AT_MOST", 2)
+    dead = json.dumps({"member": "gone", "token": "t-gone", "conn": "c"})
+    for i in range(3):
+        assert raw("PUT", f"/{namespace}/locks/stale{i}", {"value": dead, "prevExist": "false"})[0] == 201
+
+    def standing() -> int:
+        return sum(raw("GET", f"/{namespace}/locks/stale{i}")[0] == 200 for i in range(3))
+
+    _session(coord)._heartbeats = 0
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    assert standing() == 1
+    _session(coord)._heartbeats = 0
+    coord.ask(Heartbeat(), block=True, timeout=10)
+    assert standing() == 0
+
+
 def test_a_heartbeat_with_many_locks_makes_a_few_requests_and_still_sees_a_lost_one(coordinators, url, raw, namespace, monkeypatch):
     coord = coordinators("a", url)
     leases = [coord.ask(Acquire(f"l{i}"), block=True, timeout=10) for i in range(3 * etcd.CHECKED_ONE_BY_ONE)]

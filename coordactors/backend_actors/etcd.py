@@ -147,6 +147,8 @@ UNAUTHORIZED, INDEX_CLEARED = 110, 401
 DIRECTORIES = ("groups", "locks", "sessions")
 REAP_EVERY = 16
 """A session looks for locks of dead sessions every this many heartbeats (and at its first)."""
+REAPED_AT_MOST = 64
+"""Locks of dead sessions one look deletes at most (a request each, on the actor thread); the next look goes on."""
 CHECKED_ONE_BY_ONE = 8
 """A heartbeat reads up to this many held locks key by key, more by listing the locks directory once."""
 
@@ -1094,20 +1096,22 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         if locks is None or sessions is None:
             return
         alive = {child["key"].rpartition("/")[2]: child.get("value") for child in sessions.get("nodes", ())}
+        dead = []
         for child in locks.get("nodes", ()):
             if child.get("dir") or "expiration" in child:
                 continue
             try:
                 holder = json.loads(child["value"])
-                dead = alive.get(encode_name(holder["token"])) != holder["conn"]
+                if alive.get(encode_name(holder["token"])) != holder["conn"]:
+                    dead.append(child)
             except (KeyError, TypeError, ValueError):
                 continue  # not a lock of ours: left alone
-            if dead:
-                try:
-                    self._request("DELETE", child["key"], query={"prevIndex": child["modifiedIndex"]})
-                except EtcdError as exc:
-                    if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
-                        raise
+        for child in dead[:REAPED_AT_MOST]:
+            try:
+                self._request("DELETE", child["key"], query={"prevIndex": child["modifiedIndex"]})
+            except EtcdError as exc:
+                if exc.code not in (KEY_NOT_FOUND, COMPARE_FAILED):
+                    raise
 
     def do_shutdown(self) -> None:
         """Delete the session key: locks left behind are free at once, not after session_ttl."""
