@@ -116,13 +116,14 @@ class Coalescing:
 
     # -- answering a batch, as the usual path would --------------------------
 
-    def settle_acquire(self, call: Call, fence: int | None, sent_at: float, ttl: float | None = None, held: bool = True) -> None:
-        """Answer a batched acquire: granted with ``fence``; else refused (a
-        try-lock of a lock ``held`` by another), else served the usual way
-        (it waits, or meets what only the usual path handles)."""
+    def settle_acquire(self, call: Call, fence: int | None, sent_at: float, held: bool = True) -> None:
+        """Answer a batched acquire: granted with ``fence`` (the lease gets the
+        TTL the usual path would give it); else refused (a try-lock of a lock
+        ``held`` by another), else served the usual way (it waits, or meets
+        what only the usual path handles)."""
         msg = call.message
         if fence is not None:
-            self._deliver(call, self._hold(msg.name, fence, ttl, sent_at))  # type: ignore[attr-defined]
+            self._deliver(call, self._hold(msg.name, fence, self.lease_ttl_of(msg), sent_at))  # type: ignore[attr-defined]
         elif msg.timeout == 0 and held:
             self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))  # type: ignore[attr-defined]
         else:

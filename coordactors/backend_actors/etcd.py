@@ -962,14 +962,13 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
         sent_at = time.monotonic()
-        ttls = [self.lease_ttl_of(call.message) if lease is None else None for call, lease in run]
-        outcomes = self._at_once([self._claim(call.message.name, ttl) if lease is None else self._unclaim(lease.name, lease.fence)
-                                  for (call, lease), ttl in zip(run, ttls)])
+        outcomes = self._at_once([self._claim(call.message.name, self.lease_ttl_of(call.message)) if lease is None
+                                  else self._unclaim(lease.name, lease.fence) for call, lease in run])
         freed = []
-        for (call, lease), ttl, (ok, value) in zip(run, ttls, outcomes):
+        for (call, lease), (ok, value) in zip(run, outcomes):
             if lease is None:
                 if ok:
-                    self.settle_acquire(call, value, sent_at, ttl)
+                    self.settle_acquire(call, value, sent_at)
                 else:
                     self._serve(call)  # the usual path meets (and reports) the failure, or finds its own key
             elif ok:

@@ -192,9 +192,9 @@ class LocalSession(Coalescing, SessionActor):
                 self._serve(call)
             return
         freed = []
-        for (call, lease), ttl, result in zip(run, ttls, results):
+        for (call, lease), result in zip(run, results):
             if lease is None:
-                self.settle_acquire(call, result, sent_at, ttl)
+                self.settle_acquire(call, result, sent_at)
             else:
                 freed.append(lease.name)
                 self.settle_release(call, lease, result)

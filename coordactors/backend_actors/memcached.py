@@ -661,7 +661,7 @@ class MemcachedSession(Coalescing, SessionActor):
             return
         for call in refused:
             self.settle_acquire(call, None, sent_at)
-        for (call, key, fence, ttl, _command), reply in zip(writes, replies):
+        for (call, key, fence, _ttl, _command), reply in zip(writes, replies):
             status, *flags = reply[0].split() or [b""]
             if status == b"HD":
                 conn.held[call.message.name] = fence
@@ -669,9 +669,9 @@ class MemcachedSession(Coalescing, SessionActor):
                 if written is not None:
                     conn.cas[call.message.name] = written
                 self._sightings.pop(key, None)
-                self.settle_acquire(call, fence, sent_at, ttl)
+                self.settle_acquire(call, fence, sent_at)
             else:  # NS: someone else got in between; the fence is skipped, never reused
-                self.settle_acquire(call, None, sent_at, ttl)
+                self.settle_acquire(call, None, sent_at)
         freed = []
         for (call, lease, _written), reply in zip(releases, replies[len(writes):]):
             if reply[0] == b"EX":  # written since: the usual look decides

@@ -320,7 +320,7 @@ class RedisSession(Coalescing, RestingReader, SessionActor):
             elif isinstance(result, Exception):
                 self._reject(call, self._translated(result))
             elif kind == "acquire":
-                self.settle_acquire(call, None if result is None else int(result), sent_at, data)
+                self.settle_acquire(call, None if result is None else int(result), sent_at)
             elif kind == "release":
                 freed.append(msg.name)
                 self.settle_release(call, data, bool(result))
