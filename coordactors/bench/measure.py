@@ -8,10 +8,11 @@ from the moment every caller was released until the last one finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import attrs
 import pykka
@@ -162,55 +163,51 @@ def run_async_callers(operations: list[Callable[[], Any]], *, iterations: int, d
 # -- floors --------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _echo_thread(name: str, answer: Callable[[Any], Any]) -> Iterator[queue.SimpleQueue[Any]]:
+    """A thread that calls ``answer`` with each item put in the queue it
+    yields, until the block ends."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (item := inbox.get()) is not None:
+            answer(item)
+
+    thread = threading.Thread(target=serve, name=name, daemon=True)
+    thread.start()
+    try:
+        yield inbox
+    finally:
+        inbox.put(None)
+        thread.join(5)
+
+
 def pingpong(iterations: int, duration: float) -> Sample:
     """A bare ``queue.SimpleQueue`` ping-pong between two threads: the cost of
     one thread hand-off each way, the floor of any actor in the request path."""
-    to_echo: queue.SimpleQueue[Any] = queue.SimpleQueue()
     back: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def echo() -> None:
-        while True:
-            item = to_echo.get()
-            if item is None:
-                return
-            back.put(item)
-
-    thread = threading.Thread(target=echo, name="bench-echo", daemon=True)
-    thread.start()
-    try:
+    with _echo_thread("bench-echo", back.put) as to_echo:
         return run_callers([lambda: (to_echo.put(1), back.get())], iterations=iterations, duration=duration, warmup=100)
-    finally:
-        to_echo.put(None)
-        thread.join(5)
 
 
 def loop_pingpong(iterations: int, duration: float) -> Sample:
     """A task on an asyncio loop hands an item to a thread, which hands it
     back with ``call_soon_threadsafe``: the floor of any actor answering an
     ``await`` (a loop wakes through its self-pipe, not a futex)."""
-    to_echo: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-    def echo() -> None:
-        while True:
-            item = to_echo.get()
-            if item is None:
-                return
-            loop, future = item
-            loop.call_soon_threadsafe(future.set_result, 1)
+    def answer(item: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]) -> None:
+        loop, future = item
+        loop.call_soon_threadsafe(future.set_result, 1)
 
-    async def one() -> None:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        to_echo.put((loop, future))
-        await future
+    with _echo_thread("bench-loop-echo", answer) as to_echo:
 
-    thread = threading.Thread(target=echo, name="bench-loop-echo", daemon=True)
-    thread.start()
-    try:
+        async def one() -> None:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            to_echo.put((loop, future))
+            await future
+
         return run_async_callers([one], iterations=iterations, duration=duration, warmup=100)
-    finally:
-        to_echo.put(None)
-        thread.join(5)
 
 
 class _Echo(pykka.ThreadingActor):
