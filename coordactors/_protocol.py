@@ -19,13 +19,12 @@ import asyncio
 import concurrent.futures
 import queue
 import sys
-import threading
 import time
 from typing import Any, Callable
 
 import attrs
 import pykka
-from pykka._threading import ThreadingFutureResult
+from pykka._future import _Unset
 
 from coordactors.errors import OperationTimedOut
 from coordactors.events import Event
@@ -46,6 +45,10 @@ class Call:
         return f"<Call {self.message!r} deadline={self.deadline}>"
 
 
+_ABANDONED: Any = object()
+"""What a caller who gave up puts in a RequestFuture's claims."""
+
+
 class RequestFuture(pykka.ThreadingFuture):  # type: ignore[type-arg]
     """The pykka future ``Coordinator.ask`` returns.
 
@@ -53,97 +56,92 @@ class RequestFuture(pykka.ThreadingFuture):  # type: ignore[type-arg]
     ``Timeout``, and a caller that times out abandons the request: a result
     that arrives later is refused, so the session releases it.
 
-    It waits on a plain lock (held until the reply is in) rather than
-    pykka's condition variable: setting the reply is one ``release()`` on the
-    session's thread instead of a condition's bookkeeping, which is what the
-    session spends most of its time on when many callers share it.
+    The reply travels through a ``queue.SimpleQueue`` of its own, the cheapest
+    way to wake a waiting thread (pykka's condition variable, or even a plain
+    lock handed over, cost the session and the caller several microseconds
+    more per request).  Whether a late result or the caller's giving up came
+    first is settled without a lock: each appends its claim to a list (one
+    atomic append) and the first entry wins.
     """
 
+    # pykka.Future's instance attributes, as class attributes: no __init__ chain per request.
+    _get_hook = None
+    _get_hook_result: Any = _Unset()
+
+    __slots__ = ("_box", "_claims", "_result", "_what")
+
     def __init__(self, what: str = "request") -> None:
-        pykka.Future.__init__(self)  # not ThreadingFuture's: no Condition
-        self._result: Any = None
-        self._state = threading.Lock()
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._abandoned = False
+        self._result: tuple[Any, Any] | None = None  # (value, exc_info) once taken from the box
+        self._box: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self._claims: list[Any] = []
         self._what = what
 
-    @property
-    def _condition(self) -> threading.Lock:
-        # pykka's ThreadingFuture methods that lock the future use this name.
-        return self._state
-
     def get(self, *, timeout: float | None = None) -> Any:
-        if self._get_hook is not None:
-            return pykka.Future.get(self, timeout=timeout)
         result = self._result
         if result is None:
-            if timeout is None:
-                arrived = self._done.acquire()
-            else:
-                arrived = self._done.acquire(timeout=timeout) if timeout > 0 else self._done.acquire(blocking=False)
-            if arrived:
-                self._done.release()  # open for every later get()
-            else:
-                with self._state:
-                    if self._result is None:
-                        self._abandoned = True
-                        exc = OperationTimedOut(f"{self._what}: no reply within {timeout}s; the request was abandoned")
-                        self._result = ThreadingFutureResult(exc_info=(OperationTimedOut, exc, None))
-                        self._done.release()
-                        raise exc from None
-            result = self._result
-        if result.exc_info is not None:
-            exc_type, exc_value, exc_traceback = result.exc_info
-            if exc_value is None:
-                exc_value = exc_type()
-            if exc_value.__traceback__ is not exc_traceback:
-                raise exc_value.with_traceback(exc_traceback)
-            raise exc_value
-        return result.value
-
-    def _complete(self, result: Any) -> bool:
-        with self._state:
-            if self._result is not None or self._get_hook is not None:
-                return False
+            if self._get_hook is not None:
+                return pykka.Future.get(self, timeout=timeout)
+            try:
+                result = self._box.get(timeout=timeout) if timeout is None or timeout > 0 else self._box.get_nowait()
+            except queue.Empty:
+                result = self._give_up(f"{self._what}: no reply within {timeout}s; the request was abandoned")
             self._result = result
-            self._done.release()
-            return True
+            self._box.put(result)  # for any other thread waiting on this future
+        value, exc_info = result
+        if exc_info is None:
+            return value
+        exc_type, exc_value, exc_traceback = exc_info
+        if exc_value is None:
+            exc_value = exc_type()
+        if exc_value.__traceback__ is not exc_traceback:
+            raise exc_value.with_traceback(exc_traceback)
+        raise exc_value
+
+    def _give_up(self, why: str) -> tuple[Any, Any]:
+        claims = self._claims
+        claims.append(_ABANDONED)
+        if claims[0] is not _ABANDONED:
+            return self._box.get()  # the reply came first; it is on its way into the box
+        exc = OperationTimedOut(why)
+        return (None, (OperationTimedOut, exc, None))
+
+    def _complete(self, result: tuple[Any, Any]) -> bool:
+        claims = self._claims
+        claims.append(result)
+        if claims[0] is not result or self._get_hook is not None:
+            return False
+        self._box.put(result)
+        return True
 
     def set(self, value: Any = None) -> None:
-        if not self._complete(ThreadingFutureResult(value=value)):
+        if not self._complete((value, None)):
             raise queue.Full
 
     def set_exception(self, exc_info: Any = None) -> None:
-        if not self._complete(ThreadingFutureResult(exc_info=exc_info or sys.exc_info())):
+        if not self._complete((None, exc_info or sys.exc_info())):
             raise queue.Full
 
     def set_get_hook(self, func: Any) -> None:
-        with self._state:
-            if self._result is not None:
-                raise queue.Full
-            pykka.Future.set_get_hook(self, func)
+        if self._claims:
+            raise queue.Full
+        pykka.Future.set_get_hook(self, func)
 
     def resolve(self, value: Any) -> bool:
-        if self._abandoned:
-            return False
-        return self._complete(ThreadingFutureResult(value=value))
+        return self._complete((value, None))
 
     def reject(self, exc: BaseException) -> None:
-        if not self._abandoned:
-            self._complete(ThreadingFutureResult(exc_info=(type(exc), exc, exc.__traceback__)))
+        self._complete((None, (type(exc), exc, exc.__traceback__)))
 
     def wanted(self) -> bool:
-        return not self._abandoned
+        claims = self._claims
+        return not claims or claims[0] is not _ABANDONED
 
     def abandon(self) -> None:
         """Give up on the request, as a caller that timed out would."""
-        with self._state:
-            if self._result is None:
-                self._abandoned = True
-                exc = OperationTimedOut(f"{self._what}: abandoned by the caller")
-                self._result = ThreadingFutureResult(exc_info=(OperationTimedOut, exc, None))
-                self._done.release()
+        if self._result is None:
+            result = self._give_up(f"{self._what}: abandoned by the caller")
+            self._result = result
+            self._box.put(result)
 
 
 class PykkaReply:
