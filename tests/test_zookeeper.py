@@ -8,6 +8,7 @@ one stays healthy for everyone else).
 
 from __future__ import annotations
 
+import struct
 import threading
 import types
 import uuid
@@ -93,6 +94,27 @@ def test_encoding_round_trips_and_keeps_distinct_names_distinct(name):
     node = zk.encode_name(name)
     assert zk.decode_name(node) == name
     assert "/" not in node and "." not in node
+
+
+def _children_reply(children: list[str]) -> bytes:
+    """A GetChildren reply as ZooKeeper sends it: a count, then each child's length and UTF-8 bytes."""
+    reply = struct.pack(">i", len(children))
+    for child in children:
+        encoded = child.encode("utf-8")
+        reply += struct.pack(">i", len(encoded)) + encoded
+    return reply
+
+
+def test_a_listing_reply_yields_the_member_nodes_only():
+    long_name = zk.encode_name("w" * 300)  # a length whose prefix bytes are not all zero but one
+    children = [zk.MEMBER + "a", "ev-join-a-0000000001", zk.MEMBER + zk.encode_name("wörker.1"), zk.MEMBER + long_name, "m", zk.MEMBER]
+    reply = b"\x00\x00" + _children_reply(children)
+    assert zk.member_nodes(reply, 2) == ["a", zk.encode_name("wörker.1"), long_name, ""]
+    assert zk.member_nodes(_children_reply([]), 0) == []
+
+
+def test_member_nodes_written_by_others_in_utf8_come_back_as_written():
+    assert zk.member_nodes(_children_reply([zk.MEMBER + "wörker", zk.MEMBER + "a"]), 0) == ["wörker", "a"]
 
 
 def test_names_with_slashes_dots_and_unicode_round_trip_through_zookeeper(coordinators, url, raw, namespace, recorder):

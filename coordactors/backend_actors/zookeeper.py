@@ -94,6 +94,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import struct
 import threading
 import urllib.parse
 import uuid
@@ -103,6 +104,7 @@ from typing import Any
 import kazoo.exceptions as kx  # type: ignore[import-untyped]
 from kazoo.client import KazooClient  # type: ignore[import-untyped]
 from kazoo.handlers.threading import KazooTimeoutError  # type: ignore[import-untyped]
+from kazoo.protocol.serialization import GetChildren  # type: ignore[import-untyped]
 from kazoo.protocol.states import EventType, KazooState  # type: ignore[import-untyped]
 from kazoo.retry import KazooRetry  # type: ignore[import-untyped]
 
@@ -157,6 +159,45 @@ def decode_names(nodes: list[str]) -> frozenset[str]:
     if "%" not in "".join(nodes):
         return frozenset(nodes)
     return frozenset(map(urllib.parse.unquote, nodes))
+
+
+_INT = struct.Struct(">i").unpack_from
+
+
+def member_nodes(buffer: Any, offset: int) -> list[str]:
+    """The member nodes (prefix removed) of a ZooKeeper GetChildren reply.
+
+    kazoo decodes every child into a str of its own (a call and a UTF-8
+    decode each, ~0.3 µs) before the members are picked out and their prefix
+    cut (~0.13 µs more): 450 µs for a group of 1,000, a third of a listing's
+    whole time.  Here the reply is decoded once (latin-1: one character per
+    byte, so offsets hold) and each member is one slice of it: ~240 µs.
+    """
+    (count,) = _INT(buffer, offset)
+    offset += 4
+    text = str(buffer, "latin-1")
+    nodes: list[str] = []
+    append = nodes.append
+    for _ in range(max(count, 0)):
+        (length,) = _INT(buffer, offset)
+        start = offset + 4
+        offset = start + max(length, 0)
+        if text.startswith(MEMBER, start):
+            append(text[start + len(MEMBER) : offset])
+    if not "".join(nodes).isascii():  # not written by coordactors (which percent-encodes): really UTF-8
+        nodes = [node.encode("latin-1").decode("utf-8") for node in nodes]
+    return nodes
+
+
+class _ListMembers(GetChildren):  # type: ignore[misc]
+    """kazoo's GetChildren request, its reply read by :func:`member_nodes`."""
+
+    __slots__ = ()
+
+    @classmethod
+    def deserialize(cls, buffer: Any, offset: int) -> list[str]:
+        """The member nodes in the reply."""
+        return member_nodes(buffer, offset)
 
 
 def kazoo_hosts(options: SessionOptions) -> str:
@@ -704,11 +745,14 @@ class ZooKeeperSession(Coalescing, SessionActor):
         raise errors.MemberNotJoined(f"cannot leave {group!r}: member {self.member_id!r} has not joined it")
 
     def do_get_members(self, group: str) -> frozenset[str]:
+        client = self._client()
+        listed = client.handler.async_result()
+        client._call(_ListMembers(self._group_path(group), None), listed)  # noqa: SLF001 - get_children_async, but our reader
         try:
-            children = self._get_children(self._group_path(group))
+            nodes = self._wait(listed)
         except kx.NoNodeError:
             raise errors.GroupNotFound(f"cannot list the members of {group!r}: no such group") from None
-        return decode_names([c[len(MEMBER) :] for c in children if c.startswith(MEMBER)])
+        return decode_names(nodes)
 
     def do_get_capabilities(self, group: str, member: str) -> str:
         try:
