@@ -162,31 +162,33 @@ def decode_names(nodes: list[str]) -> frozenset[str]:
 
 
 _INT = struct.Struct(">i").unpack_from
+_M, _DASH = MEMBER.encode("ascii")
 
 
-def member_nodes(buffer: Any, offset: int) -> list[str]:
+def member_nodes(buffer: bytes, offset: int) -> list[str]:
     """The member nodes (prefix removed) of a ZooKeeper GetChildren reply.
 
     kazoo decodes every child into a str of its own (a call and a UTF-8
-    decode each, ~0.3 µs) before the members are picked out and their prefix
-    cut (~0.13 µs more): 450 µs for a group of 1,000, a third of a listing's
-    whole time.  Here the reply is decoded once (latin-1: one character per
-    byte, so offsets hold) and each member is one slice of it: ~240 µs.
+    decode each) before the members are picked out and their prefix cut:
+    ~450 µs for a group of 1,000, a third of a listing's whole time.  Here
+    the members are picked out of the reply's bytes and decoded in one go
+    (ZooKeeper allows no control characters in a node name, so a newline
+    separates them safely): ~240 µs.
     """
-    (count,) = _INT(buffer, offset)
+    read_int, m, dash = _INT, _M, _DASH  # locals: this loop runs once per child
+    (count,) = read_int(buffer, offset)
     offset += 4
-    text = str(buffer, "latin-1")
-    nodes: list[str] = []
+    nodes: list[bytes] = []
     append = nodes.append
-    for _ in range(max(count, 0)):
-        (length,) = _INT(buffer, offset)
+    for _ in range(count):
+        (length,) = read_int(buffer, offset)  # never negative: ZooKeeper sends no null names
         start = offset + 4
-        offset = start + max(length, 0)
-        if text.startswith(MEMBER, start):
-            append(text[start + len(MEMBER) : offset])
-    if not "".join(nodes).isascii():  # not written by coordactors (which percent-encodes): really UTF-8
-        nodes = [node.encode("latin-1").decode("utf-8") for node in nodes]
-    return nodes
+        offset = start + length
+        if length > 1 and buffer[start] == m and buffer[start + 1] == dash:  # MEMBER, compared bytewise: the cheapest test
+            append(buffer[start + 2 : offset])
+    if not nodes:
+        return []
+    return b"\n".join(nodes).decode("utf-8").split("\n")
 
 
 class _ListMembers(GetChildren):  # type: ignore[misc]
@@ -195,9 +197,9 @@ class _ListMembers(GetChildren):  # type: ignore[misc]
     __slots__ = ()
 
     @classmethod
-    def deserialize(cls, buffer: Any, offset: int) -> list[str]:
+    def deserialize(cls, buffer: bytes, offset: int) -> list[str]:
         """The member nodes in the reply."""
-        return member_nodes(buffer, offset)
+        return member_nodes(bytes(buffer), offset)
 
 
 def kazoo_hosts(options: SessionOptions) -> str:
