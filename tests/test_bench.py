@@ -84,6 +84,37 @@ def test_an_empty_sweep_measures_one_caller_only(tmp_path: Any) -> None:
     assert {r["mode"] for r in data["results"]} == {"c1"}
 
 
+@pytest.mark.timeout(120)
+def test_one_caller_contenders_take_turns_in_alternating_order(monkeypatch: Any) -> None:
+    # A server warming up during the run must not favour whoever is timed last.
+    from coordactors.bench import trials
+    from coordactors.bench.backends import Backends, namespace
+
+    turns: list[str] = []
+    time_once = trials.Trial.time
+
+    def recorded(self: Any, *, iterations: int, duration: float) -> None:
+        turns.append(self.contender)
+        time_once(self, iterations=iterations, duration=duration)
+
+    monkeypatch.setattr(trials.Trial, "time", recorded)
+    [operation] = [op for op in OPERATIONS if op.name == "lock"]
+    with Backends() as backends:
+        backends.adopt(f"memory://bench-turns-{uuid.uuid4().hex[:8]}")
+        fixture = trials.Fixture(backends.backends[0], namespace(), 3)
+        try:
+            outcomes = trials.run_interleaved(fixture, operation, ("raw", "ask", "tooz", "submit"), "c1",
+                                              iterations=50, duration=0.08, slices=4)
+        finally:
+            fixture.close()
+    assert turns == ["raw", "ask", "submit", "submit", "ask", "raw"] * 2
+    assert isinstance(outcomes["tooz"], coordactors.errors.NotSupported)  # tooz has no in-process driver: said, not skipped
+    assert list(outcomes) == ["raw", "ask", "tooz", "submit"]
+    for contender in ("raw", "ask", "submit"):
+        sample = outcomes[contender]
+        assert sample.count >= 4 and sample.p50_us > 0  # every turn's calls, summed into one sample
+
+
 # -- what the concurrency benchmark relies on: requests queued together on one
 # session (coalesced into one round trip where the backend can) keep every
 # lock's promises.

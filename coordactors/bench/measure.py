@@ -18,7 +18,7 @@ import attrs
 import pykka
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["Sample", "histogram", "measure_floors", "run_async_callers", "run_callers", "summarise"]
+__all__ = ["Sample", "histogram", "measure_floors", "run_async_callers", "run_callers", "summarise", "time_async_callers", "time_callers"]
 
 HIGHEST_US = 60_000_000
 
@@ -70,7 +70,13 @@ def summarise(hist: HdrHistogram, seconds: float, errors: int = 0) -> Sample:
 
 
 def run_callers(operations: list[Callable[[], Any]], *, iterations: int, duration: float, warmup: int = 3) -> Sample:
-    """Run each callable on its own thread, repeatedly, all released together.
+    """:func:`time_callers`, summarised."""
+    return summarise(*time_callers(operations, iterations=iterations, duration=duration, warmup=warmup))
+
+
+def time_callers(operations: list[Callable[[], Any]], *, iterations: int, duration: float, warmup: int = 3) -> tuple[HdrHistogram, float]:
+    """Run each callable on its own thread, repeatedly, all released together;
+    return the latencies of every caller's timed calls and the seconds they took.
 
     Each caller runs ``warmup`` untimed calls, then timed calls until it did
     ``iterations`` or ``duration`` seconds passed.  An exception in a call is
@@ -117,14 +123,20 @@ def run_callers(operations: list[Callable[[], Any]], *, iterations: int, duratio
     total = histogram()
     for hist in hists:
         total.add(hist)
-    return summarise(total, bounds[1] - bounds[0], len(failures))
+    return total, bounds[1] - bounds[0]
 
 
 def run_async_callers(operations: list[Callable[[], Any]], *, iterations: int, duration: float, warmup: int = 3) -> Sample:
-    """As :func:`run_callers`, but each operation is a coroutine function and
+    """:func:`time_async_callers`, summarised."""
+    return summarise(*time_async_callers(operations, iterations=iterations, duration=duration, warmup=warmup))
+
+
+def time_async_callers(operations: list[Callable[[], Any]], *, iterations: int, duration: float,
+                       warmup: int = 3) -> tuple[HdrHistogram, float]:
+    """As :func:`time_callers`, but each operation is a coroutine function and
     the callers are tasks on one event loop (one thread)."""
 
-    async def main() -> Sample:
+    async def main() -> tuple[HdrHistogram, float]:
         hist = histogram()
         clock = time.perf_counter_ns
         start, all_ready = asyncio.Event(), asyncio.Event()
@@ -155,7 +167,7 @@ def run_async_callers(operations: list[Callable[[], Any]], *, iterations: int, d
         began = time.perf_counter()
         start.set()
         await asyncio.gather(*tasks)
-        return summarise(hist, time.perf_counter() - began)
+        return hist, time.perf_counter() - began
 
     return asyncio.run(main())
 

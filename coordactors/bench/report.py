@@ -49,7 +49,10 @@ def markdown(data: dict[str, Any]) -> str:
         "**handoff** = raw, each backend call handed to a thread of its own and back through two `queue.SimpleQueue`s and nothing else "
         "(the least any actor in the request path costs for that operation here); "
         "**ask** / **submit** / **asyncio** = coordactors' `Coordinator.ask(block=True)`, `submit()`, `await request()`; "
-        "**tooz** = tooz 8.1.0's driver for the same server. Latencies are p50 (p99) of one whole operation.",
+        "**tooz** = tooz 8.1.0's driver for the same server. Latencies are p50 (p99) of one whole operation. "
+        + ("The one-caller contenders of an operation are set up together and timed in turns, first to last, then last to first, "
+           f"{data['settings'].get('slices', 1)} turns each, so that a server warming up or the machine drifting weighs on all of them alike."
+           if data["settings"].get("slices", 1) > 1 else ""),
         "",
     ]
     for name, note in data["backends"].items():

@@ -14,7 +14,7 @@ from coordactors.bench.backends import ALL_BACKENDS, Backends, machine, namespac
 from coordactors.bench.measure import measure_floors
 from coordactors.bench.operations import OPERATIONS
 from coordactors.bench.targets import check
-from coordactors.bench.trials import Fixture, run_trial
+from coordactors.bench.trials import Fixture, run_interleaved, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ __all__ = ["main"]
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results")
 SIMPLE_CONTENDERS = ("raw", "handoff", "ask", "submit", "asyncio", "tooz")
 SWEEP = (("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"), ("raw", "sep16"), ("tooz", "sep16"))
+SLICES = 4
+"""The one-caller contenders of an operation take turns this many times (see run_interleaved)."""
 GAIN_RUNS = 3
 """The 16-caller gain is the median of this many back-to-back (one caller, 16 callers) pairs: one pair swings with the machine."""
 
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"duration_s": args.duration, "iterations": args.iterations, "group_size": args.group_size, "leases": args.leases,
                      "event_samples": args.events, "failover_rounds": args.failovers, "operations": [op.name for op in operations],
-                     "sweep_operations": sweep, "quick": args.quick},
+                     "sweep_operations": sweep, "quick": args.quick,
+                     "slices": 1 if args.quick else SLICES},
         "operation_titles": {op.name: op.title for op in OPERATIONS},
         "results": [], "gain_repeats": [], "heartbeat": [], "events": [], "failover": [],
     }
@@ -109,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _sample_or_raise(outcome: Any) -> Any:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 def _record(data: dict[str, Any], table: str, fields: dict[str, Any], fn: Any) -> Any:
     try:
         sample = fn()
@@ -137,8 +146,12 @@ def _bench_backend(backend: Any, operations: list[Any], sweep: list[str], args: 
         return
     try:
         for op in operations:
-            runs = [(c, "c1") for c in SIMPLE_CONTENDERS] + (list(SWEEP) if op.name in sweep else [])
-            for contender, mode in runs:
+            one_caller = run_interleaved(fixture, op, SIMPLE_CONTENDERS, "c1", iterations=args.iterations, duration=args.duration,
+                                         slices=1 if args.quick else SLICES)
+            for contender, outcome in one_caller.items():
+                fields = {"backend": backend.name, "operation": op.name, "contender": contender, "mode": "c1"}
+                _record(data, "results", fields, lambda outcome=outcome: _sample_or_raise(outcome))
+            for contender, mode in (SWEEP if op.name in sweep else ()):
                 fields = {"backend": backend.name, "operation": op.name, "contender": contender, "mode": mode}
                 _record(data, "results", fields, lambda: run_trial(fixture, op, contender, mode, iterations=args.iterations, duration=args.duration))
             # The sweep ran pair 1; pairs 2.. are run again, back to back (not in --quick).

@@ -17,13 +17,13 @@ import coordactors
 from coordactors import errors
 from coordactors.bench.backends import Backend
 from coordactors.bench.contenders import HandedOffSession, RawSession, open_tooz
-from coordactors.bench.measure import Sample, run_async_callers, run_callers
+from coordactors.bench.measure import Sample, histogram, summarise, time_async_callers, time_callers
 from coordactors.bench.operations import Operation, drive, drive_async
 from coordactors.messages import CreateGroup, DeleteGroup, Join, Leave
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODES", "Fixture", "run_trial"]
+__all__ = ["MODES", "Fixture", "Trial", "run_interleaved", "run_trial"]
 
 MODES = {"c1": (1, True), "c4": (4, True), "c16": (16, True), "sep16": (16, False)}
 """mode -> (callers, sharing one coordinator)."""
@@ -142,12 +142,24 @@ def _caller_state(fixture: Fixture, op: Operation, admin: Any, client: Any, kind
     return group
 
 
-def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, iterations: int, duration: float) -> Sample:
-    """Measure ``op`` for ``contender`` (``ask``, ``submit``, ``asyncio``,
-    ``raw``, ``handoff``, ``tooz``) in ``mode`` on the fixture's backend."""
-    callers, shared = MODES[mode]
-    closers: list[Callable[[], Any]] = []
-    try:
+class Trial:
+    """One contender's callers of one operation in one mode, set up once and
+    timed in as many slices as asked; :meth:`sample` summarises them all."""
+
+    def __init__(self, fixture: Fixture, op: Operation, contender: str, mode: str) -> None:
+        self.contender = contender
+        self._closers: list[Callable[[], Any]] = []
+        self._latencies = histogram()
+        self._seconds = 0.0
+        try:
+            self._time = self._prepare(fixture, op, contender, mode)
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, fixture: Fixture, op: Operation, contender: str, mode: str) -> Callable[[int, float], tuple[Any, float]]:
+        callers, shared = MODES[mode]
+        closers = self._closers
         admin_coord = coordactors.connect(fixture.url, fixture.fresh("admin"))
         closers.append(admin_coord.stop)
 
@@ -163,12 +175,11 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
             clients = [coords[0] if shared else coords[i] for i in range(callers)]
             states = [_caller_state(fixture, op, admin, client, "coordactors", i, closers) for i, client in enumerate(clients)]
             if contender == "asyncio":
-                ops = [_async_op(op, client, state) for client, state in zip(clients, states)]
-                return run_async_callers(ops, iterations=iterations, duration=duration)
+                coroutines = [_async_op(op, client, state) for client, state in zip(clients, states)]
+                return lambda iterations, duration: time_async_callers(coroutines, iterations=iterations, duration=duration)
             make = _ask_op if contender == "ask" else _submit_op
             ops = [make(op, client, state) for client, state in zip(clients, states)]
-            return run_callers(ops, iterations=iterations, duration=duration)
-        if contender in ("raw", "handoff"):
+        elif contender in ("raw", "handoff"):
             raws = []
             for _ in range(callers):
                 raw = (RawSession if contender == "raw" else HandedOffSession)(fixture.url, fixture.fresh("member"))
@@ -176,8 +187,7 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
                 raws.append(raw)
             states = [_caller_state(fixture, op, admin, raw, "raw", i, closers) for i, raw in enumerate(raws)]
             ops = [(lambda r=raw, s=state: op.raw(r, s)) for raw, state in zip(raws, states)]
-            return run_callers(ops, iterations=iterations, duration=duration)
-        if contender == "tooz":
+        elif contender == "tooz":
             if fixture.tooz_url is None:
                 raise errors.NotSupported("tooz has no driver for this backend here")
             if op.needs == "big" and fixture.tooz_setup_error is not None:
@@ -189,12 +199,68 @@ def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, ite
                 toozs.append(coord)
             states = [_caller_state(fixture, op, admin, coord, "tooz", i, closers) for i, coord in enumerate(toozs)]
             ops = [(lambda c=coord, s=state: op.tooz(c, s)) for coord, state in zip(toozs, states)]
-            return run_callers(ops, iterations=iterations, duration=duration)
-        raise ValueError(f"unknown contender {contender!r}")
-    finally:
-        for closer in reversed(closers):
+        else:
+            raise ValueError(f"unknown contender {contender!r}")
+        return lambda iterations, duration: time_callers(ops, iterations=iterations, duration=duration)
+
+    def time(self, *, iterations: int, duration: float) -> None:
+        """Run the callers once more: at most ``iterations`` calls each, for at most ``duration`` seconds."""
+        latencies, seconds = self._time(iterations, duration)
+        self._latencies.add(latencies)
+        self._seconds += seconds
+
+    def sample(self) -> Sample:
+        """Every slice timed so far, as one sample."""
+        return summarise(self._latencies, self._seconds)
+
+    def close(self) -> None:
+        """Undo the setup, last step first."""
+        for closer in reversed(self._closers):
             with contextlib.suppress(Exception):
                 closer()
+        self._closers.clear()
+
+
+def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, iterations: int, duration: float) -> Sample:
+    """Measure ``op`` for ``contender`` (``ask``, ``submit``, ``asyncio``,
+    ``raw``, ``handoff``, ``tooz``) in ``mode`` on the fixture's backend, in one slice."""
+    trial = Trial(fixture, op, contender, mode)
+    try:
+        trial.time(iterations=iterations, duration=duration)
+        return trial.sample()
+    finally:
+        trial.close()
+
+
+def run_interleaved(fixture: Fixture, op: Operation, contenders: tuple[str, ...], mode: str, *, iterations: int,
+                    duration: float, slices: int) -> dict[str, Sample | Exception]:
+    """Measure ``op`` for each of ``contenders``, all set up at once and timed
+    in ``slices`` turns of ``duration / slices`` seconds each, in alternating
+    order (first to last, then last to first): a server warming up (a JVM's
+    JIT, a database's caches) or the machine drifting during the run weighs
+    on every contender alike instead of on whoever went first.  A contender
+    that could not be set up, or failed, maps to its exception."""
+    outcomes: dict[str, Sample | Exception] = {}
+    trials: dict[str, Trial] = {}
+    try:
+        for contender in contenders:
+            try:
+                trials[contender] = Trial(fixture, op, contender, mode)
+            except Exception as exc:  # noqa: BLE001 - reported in the results
+                outcomes[contender] = exc
+        for turn in range(slices):
+            for contender in list(trials)[:: 1 if turn % 2 == 0 else -1]:
+                try:
+                    trials[contender].time(iterations=max(1, -(-iterations // slices)), duration=duration / slices)
+                except Exception as exc:  # noqa: BLE001 - reported in the results
+                    outcomes[contender] = exc
+                    trials.pop(contender).close()
+        for contender, trial in trials.items():
+            outcomes[contender] = trial.sample()
+    finally:
+        for trial in trials.values():
+            trial.close()
+    return {contender: outcomes[contender] for contender in contenders}
 
 
 def _ask_op(op: Operation, coord: Any, state: Any) -> Callable[[], None]:
