@@ -6,6 +6,7 @@ No Consul server can be installed here: these tests, and the behaviour suite's
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -527,3 +528,20 @@ def test_the_heartbeat_prunes_the_log_when_no_reader_does(coordinators, url, nam
         a.leave("g")
     log = f"{namespace}/log/"
     wait_until(lambda: len([k for k in _keys(raw, namespace) if k.startswith(log)]) == 3, timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_the_benchmarks_agent_process_serves_and_leaves_nothing_behind():
+    from coordactors.bench.backends import Backends
+
+    with Backends() as backends:
+        backends.start(["consul"])
+        [backend] = backends.backends
+        agent = backends._started[0]
+        pid = agent._process.pid
+        with coordactors.connect(backend.base_url, "m") as coord:
+            coord.join("g", create=True)
+            assert coord.members("g") == {"m"}
+    assert agent._process is None
+    with pytest.raises(ProcessLookupError):  # reaped: not even a zombie left
+        os.kill(pid, 0)

@@ -154,11 +154,12 @@ class Backends:
         if name == "ipc":
             return Backend(name, "ipc://", "ipc://", note="POSIX semaphores and shared memory")
         if name == "consul":
-            from coordactors.testing.fake_consul import FakeConsulAgent
+            from coordactors.testing.fake_consul import FakeConsulProcess
 
-            agent = FakeConsulAgent().start()
+            agent = FakeConsulProcess().start()
             self._started.append(agent)
-            return Backend(name, agent.url, agent.url, note="in-repo fake Consul agent (Consul's server cannot be installed here)")
+            return Backend(name, agent.url, agent.url,
+                           note="in-repo fake Consul agent, in a process of its own (Consul's server cannot be installed here)")
         server_class = {
             "redis": servers.RedisServer, "zookeeper": servers.ZooKeeperServer, "memcached": servers.MemcachedServer,
             "postgresql": servers.PostgresServer, "mysql": servers.MariaDBServer, "etcd": servers.EtcdServer, "etcd3": servers.EtcdServer,

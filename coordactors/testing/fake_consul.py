@@ -9,6 +9,8 @@ No Consul server can be installed where coordactors is tested, so the
 It is a :class:`http.server.ThreadingHTTPServer` on 127.0.0.1 (a free port)
 serving from a daemon thread, with a reaper thread that expires sessions.
 ``stop()`` closes the listening socket and joins both threads.
+:class:`FakeConsulProcess` runs one in a child process instead (the
+benchmarks use it: a real agent does not share its client's interpreter).
 
 Endpoints, with Consul's documented semantics:
 
@@ -65,6 +67,8 @@ import bisect
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -75,7 +79,7 @@ from typing import Any, Self
 
 from coordactors._signals import signals_blocked
 
-__all__ = ["FakeConsulAgent"]
+__all__ = ["FakeConsulAgent", "FakeConsulProcess"]
 
 NODE = "fake-consul"
 """The agent's node name (``/v1/agent/self``), on which sessions are created by default."""
@@ -744,3 +748,69 @@ class FakeConsulAgent:
 
     def __repr__(self) -> str:
         return f"<FakeConsulAgent {self.url} {'running' if self._server else 'stopped'}>"
+
+
+class FakeConsulProcess:
+    """A :class:`FakeConsulAgent` in a process of its own, as a real agent is.
+
+    For benchmarks: in-process, the agent's request handling takes the
+    client's interpreter lock and the client's work takes the agent's, which
+    no deployment of Consul does.  The child stops when ``stop()`` closes its
+    stdin, or when this process dies and its stdin closes with it.
+    """
+
+    def __init__(self, *, start_timeout: float = 30.0) -> None:
+        self.start_timeout = start_timeout
+        self.url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> FakeConsulProcess:
+        """Start the child; return once it serves (its URL is its first line)."""
+        process = subprocess.Popen([sys.executable, "-m", "coordactors.testing.fake_consul"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        self._process = process
+        no_answer = threading.Timer(self.start_timeout, process.kill)
+        no_answer.start()
+        try:
+            line = process.stdout.readline().strip()  # type: ignore[union-attr]
+        finally:
+            no_answer.cancel()
+        if not line.startswith("consul://"):
+            self.stop()
+            raise RuntimeError(f"the fake Consul agent process did not start (exit status {process.poll()}, said {line!r})")
+        self.url = line
+        return self
+
+    def stop(self) -> None:
+        """Stop the child and wait for it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            process.stdin.close()  # type: ignore[union-attr]
+            process.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait(10)
+        finally:
+            process.stdout.close()  # type: ignore[union-attr]
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<FakeConsulProcess {self.url or 'not started'} {'running' if self._process else 'stopped'}>"
+
+
+def main() -> None:
+    """Serve a fake agent until stdin closes; print its URL first."""
+    with FakeConsulAgent() as agent:
+        print(agent.url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
