@@ -33,3 +33,11 @@ def test_the_first_python_example_runs_and_prints_what_it_says():
     assert result.returncode == 0, result.stderr
     assert "holding fence 1" in result.stdout
     assert "MemberJoined(group='workers', member='worker-1'), LeaderElected(group='workers', member='worker-1')" in result.stdout
+
+
+def test_the_benchmark_summary_is_the_committed_runs():
+    # The numbers a newcomer reads are those of the results committed beside them.
+    readme = (ROOT / "README.rst").read_text()
+    start = readme.index(".. include-bench-summary-start\n") + len(".. include-bench-summary-start\n")
+    end = readme.index(".. include-bench-summary-end")
+    assert readme[start:end].strip("\n") == (ROOT / "benchmarks" / "results" / "summary.rst").read_text().strip("\n")
