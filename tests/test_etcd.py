@@ -27,7 +27,7 @@ from coordactors import errors
 from coordactors.backend_actors import etcd
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft, SessionRestored
-from coordactors.messages import Acquire, Heartbeat, Release
+from coordactors.messages import Acquire, GetGroups, Heartbeat, Release
 from coordactors.testing import EventRecorder
 from coordactors.testing.pytest_plugin import start_or_skip
 from coordactors.testing.servers import EtcdServer
@@ -206,6 +206,44 @@ def test_a_join_racing_a_group_delete_does_not_bring_the_group_back(coordinators
         coord.join("g")
     assert raw("GET", f"/{namespace}/groups/g")[0] == 404
     assert "g" not in coord.groups()
+
+
+def test_lock_requests_queued_while_a_batch_is_in_flight_join_it_and_keep_their_order(coordinators, url):
+    shared, other = coordinators("shared", url), coordinators("other", url)
+    taken = other.ask(Acquire("taken"), block=True, timeout=30)
+    session = _session(shared)
+    take, joined, late, queued = session.take_queued, [], [], threading.Event()
+
+    def taking(names: set[str]) -> list[Any]:
+        # Runs on the actor thread while the batch's round trips are in
+        # flight: whatever is sent now is queued behind them.
+        if not late:
+            late.extend([shared.submit(Acquire("late-0")), shared.submit(Acquire("late-1")),
+                         shared.submit(Acquire("taken", timeout=0)),
+                         shared.submit(GetGroups()),  # cannot join: the run ends before it is served
+                         shared.submit(Acquire("late-2"))])
+            queued.set()
+        got = take(names)
+        joined.extend(call.message for call, _item in got)
+        return got
+
+    session.take_queued = taking
+    busy = BusySession(session)
+    first = [shared.submit(Acquire(f"first-{i}")) for i in range(3)]
+    busy.release()
+    assert queued.wait(30)
+
+    leases = [future.result(timeout=30) for future in first + [late[0], late[1]]]
+    assert [lease.name for lease in leases] == ["first-0", "first-1", "first-2", "late-0", "late-1"]
+    assert joined == [Acquire("late-0"), Acquire("late-1"), Acquire("taken", timeout=0)]
+    with pytest.raises(errors.LockTimeout):
+        late[2].result(timeout=30)
+    assert isinstance(late[3].result(timeout=30), frozenset)
+    assert late[4].result(timeout=30).name == "late-2"
+    for lease in leases + [late[4].result()]:  # every grant is really held
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(lease.name, timeout=0), block=True, timeout=30)
+    other.ask(Release(taken), block=True, timeout=30)
 
 
 def test_a_waiter_is_woken_by_the_event_long_before_the_next_heartbeat(coordinators, url):

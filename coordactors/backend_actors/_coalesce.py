@@ -9,7 +9,10 @@ type in ``COALESCED`` it takes every request of such types already queued
 (up to ``MAX_BATCH``) and hands them to ``serve_batch``, which the backend
 implements with as few round trips as it can.  Anything else queued is
 served after the batch, in order; one caller alone never waits for a batch
-to fill -- only what is already queued is taken.
+to fill -- only what is already queued is taken.  A backend whose batch is
+many round trips in flight (etcd v2's lanes) also takes, with
+``take_queued``, what queues up while its last run is in flight, so a lane
+that comes free starts the next request at once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ class Coalescing:
 
     COALESCED: ClassVar[frozenset[type]] = frozenset()
     MAX_BATCH: ClassVar[int] = 64
+    MAX_RUN: ClassVar[int] = 256
+    """At most this many requests served by one batch, those ``take_queued`` adds included."""
+
+    _last_run_open = False
+    _queued_behind: Any = None
+    _taken = 0
 
     def on_receive(self, message: Any) -> Any:
         """Actor thread: serve a coalescable request together with those queued behind it."""
@@ -51,10 +60,13 @@ class Coalescing:
             else:
                 leftover = envelope
                 break
+        self._queued_behind = leftover
+        self._taken = len(batch)
         if len(batch) == 1:
             self._serve(message)  # type: ignore[attr-defined]
         else:
             self.serve_batch(batch)
+        leftover, self._queued_behind = self._queued_behind, None
         if leftover is not None:
             self._handle_envelope(leftover)
         return None
@@ -77,7 +89,41 @@ class Coalescing:
             run.append((call, item))
             if type(msg) in (Acquire, Release):
                 names.add(msg.name)
-        self._flush_run(run)
+        self._last_run_open = True
+        try:
+            self._flush_run(run)
+        finally:
+            self._last_run_open = False
+
+    def take_queued(self, names: set[str]) -> list[tuple[Call, Any]]:
+        """Actor thread, from ``flush_batch`` while the batch's last run is in
+        flight: the requests queued since that can join the run (as
+        ``(call, batch_item)``; ``names``: the locks the run still has in
+        flight, updated with theirs), so a backend that overlaps round trips
+        (etcd v2's lanes) can start them as soon as a lane is free instead of
+        after the whole run.  Taking stops at the first request that cannot
+        join (it is served after the run, so the order holds) and after
+        ``MAX_RUN`` requests in all."""
+        inbox = self.actor_inbox  # type: ignore[attr-defined]
+        if not self._last_run_open or self._queued_behind is not None or self.state is not CONNECTED:  # type: ignore[attr-defined]
+            return []
+        taken: list[tuple[Call, Any]] = []
+        coalesced = self.COALESCED
+        while self._taken < self.MAX_RUN and not inbox.empty():
+            envelope = inbox.get_nowait()
+            queued = envelope.message
+            if envelope.reply_to is None and type(queued) is Call and type(queued.message) in coalesced:
+                msg = queued.message
+                item = self.batch_item(msg, names)
+                if item is not NOT_BATCHED:
+                    taken.append((queued, item))
+                    if type(msg) in (Acquire, Release):
+                        names.add(msg.name)
+                    self._taken += 1
+                    continue
+            self._queued_behind = envelope
+            break
+        return taken
 
     def batch_item(self, msg: Any, names: set[str]) -> Any:
         """What ``flush_batch`` needs to serve ``msg`` in a batch (locks already

@@ -111,7 +111,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from typing import Any, Generator, TypeVar
+from typing import Any, Callable, Generator, TypeVar
 
 from coordactors import errors
 from coordactors._protocol import Call
@@ -578,63 +578,84 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             except Exception as exc:  # noqa: BLE001 - raised where the steps sent the request
                 reply, error = None, exc
 
-    def _at_once(self, works: list[_Steps[Any]]) -> list[tuple[bool, Any]]:
+    def _at_once(self, works: list[_Steps[Any]], *, settle: Callable[[int, bool, Any], None] | None = None,
+                 more: Callable[[], list[_Steps[Any]]] | None = None) -> list[tuple[bool, Any]]:
         """Run every ``steps`` of ``works``, up to ``LANES`` at once, each on a
         lane connection of its own; return each one's (True, result) or
         (False, exception), in order.
+
+        ``settle(i, ok, value)``, if given, is told each outcome as soon as it
+        is known (work ``i``: works added by ``more`` number on), so a caller
+        whose request is done is not held up by the slower ones.  ``more()``,
+        if given, is asked for further steps whenever none wait, and its steps
+        join the run (on a free lane, or one more, up to ``LANES``): requests
+        queued meanwhile start at once instead of after the whole run.
 
         No thread per lane: every running steps' next request is sent
         before any reply is read, so the round trips overlap, and the replies
         are read in the order sent."""
         conn = self.conn
-        lanes = min(self.LANES, len(works))
-        while len(conn.lanes) < lanes:
-            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
         outcomes: list[tuple[bool, Any]] = [(False, None)] * len(works)
         waiting = collections.deque(range(len(works)))
         running: collections.deque[tuple[_Http, int]] = collections.deque()
+        free: list[_Http] = []
+        used = 0  # lanes of conn.lanes taken by this run
 
-        def advance(lane: _Http, item: int, reply: Any, error: Exception | None) -> None:
-            # Feed the steps their reply; send their next request on ``lane``,
-            # or, once they are done, start the next waiting steps there.
+        def done(item: int, ok: bool, value: Any) -> None:
+            outcomes[item] = (ok, value)
+            if settle is not None:
+                settle(item, ok, value)
+
+        def step(lane: _Http, item: int, reply: Any, error: Exception | None) -> bool:
+            # Feed the steps their reply; True if they sent their next request on ``lane``.
             steps = works[item]
             while True:
                 try:
                     request = steps.throw(error) if error is not None else steps.send(reply)
                 except StopIteration as stop:
-                    outcomes[item] = (True, stop.value)
+                    done(item, True, stop.value)
+                    return False
                 except Exception as exc:  # noqa: BLE001 - answered per item by the caller
-                    outcomes[item] = (False, exc)
-                else:
-                    try:
-                        self._send(lane, request)
-                    except Exception as exc:  # noqa: BLE001 - raised where the steps sent it
-                        reply, error = None, exc
-                        continue
-                    running.append((lane, item))
-                    return
-                if not waiting:
-                    return
-                item, reply, error = waiting.popleft(), None, None
-                steps = works[item]
+                    done(item, False, exc)
+                    return False
+                try:
+                    self._send(lane, request)
+                except Exception as exc:  # noqa: BLE001 - raised where the steps sent it
+                    reply, error = None, exc
+                    continue
+                running.append((lane, item))
+                return True
 
         # Requests sent at once may be answered in any order: their indexes
         # are held to the one seen before they were sent (see _saw).
         self._sent_at_index = self._max_index
         try:
-            for lane in conn.lanes[:lanes]:
-                if waiting:  # (steps that ended at once let the next start on their lane)
-                    advance(lane, waiting.popleft(), None, None)
-            while running:
+            while True:
+                if more is not None and not waiting and (free or used < self.LANES):
+                    for steps in more():
+                        works.append(steps)
+                        outcomes.append((False, None))
+                        waiting.append(len(works) - 1)
+                while waiting and (free or used < self.LANES):
+                    if free:
+                        lane = free.pop()
+                    else:
+                        if used == len(conn.lanes):
+                            conn.lanes.append(self._new_http(self._timeout, min(self.options.connect_timeout, self._timeout)))
+                        lane, used = conn.lanes[used], used + 1
+                    if not step(lane, waiting.popleft(), None, None):
+                        free.append(lane)  # (steps that ended at once let the next start on their lane)
+                if not running:
+                    return outcomes
                 lane, item = running.popleft()
                 try:
                     reply, error = self._receive(lane), None
                 except Exception as exc:  # noqa: BLE001 - raised where the steps sent the request
                     reply, error = None, exc
-                advance(lane, item, reply, error)
+                if not step(lane, item, reply, error):
+                    free.append(lane)
         finally:
             self._sent_at_index = None
-        return outcomes
 
     def probe(self) -> bool:
         """While suspended: one read, from any server of the URL."""
@@ -961,22 +982,49 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
     # -- requests queued together, sent at once --------------------------------------------
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
-        sent_at = time.monotonic()
-        outcomes = self._at_once([self._claim(call.message.name, self.lease_ttl_of(call.message)) if lease is None
-                                  else self._unclaim(lease.name, lease.fence) for call, lease in run])
-        freed = []
-        for (call, lease), (ok, value) in zip(run, outcomes):
+        """Claim and unclaim the run's locks at once on the lanes; each caller
+        is answered as soon as its request is done, and requests queued
+        meanwhile join the run (``take_queued``).  What only the usual path
+        handles (a lock held by another, to wait for; a failure to report) is
+        served that way after the run."""
+        calls = list(run)
+        sent_at = [time.monotonic()] * len(calls)
+        names = {call.message.name for call, _lease in calls}
+        after: list[Call] = []
+        freed: list[str] = []
+
+        def steps(call: Call, lease: Lease | None) -> _Steps[Any]:
             if lease is None:
-                if ok:
-                    self.settle_acquire(call, value, sent_at)
+                return self._claim(call.message.name, self.lease_ttl_of(call.message))
+            return self._unclaim(lease.name, lease.fence)
+
+        def settle(item: int, ok: bool, value: Any) -> None:
+            call, lease = calls[item]
+            if lease is None:
+                if ok and (value is not None or call.message.timeout == 0):
+                    names.discard(call.message.name)
+                    self.settle_acquire(call, value, sent_at[item])
                 else:
-                    self._serve(call)  # the usual path meets (and reports) the failure, or finds its own key
-            elif ok:
+                    after.append(call)  # it waits, or meets (and reports) the failure: its name stays in flight
+                return
+            names.discard(lease.name)
+            if ok:
                 freed.append(lease.name)
                 self.settle_release(call, lease, value)
             else:
                 del self._leases[lease.name]  # as when the usual path's release fails
                 self._reject(call, value if isinstance(value, errors.CoordinationError) else self._translated(value))
+
+        def more() -> list[_Steps[Any]]:
+            taken = self.take_queued(names)
+            now = time.monotonic()
+            calls.extend(taken)
+            sent_at.extend([now] * len(taken))
+            return [steps(call, lease) for call, lease in taken]
+
+        self._at_once([steps(call, lease) for call, lease in calls], settle=settle, more=more)
+        for call in after:
+            self._serve(call)
         self.retry_freed(freed)
 
     def do_refresh(self, leases: list[Lease]) -> set[tuple[str, int]]:
