@@ -185,10 +185,20 @@ class _Store:
         self.tombstones: dict[str, int] = {}
         self.lock_delay_until: dict[str, float] = {}
         self.stopping = False
-        # Every key ever written (live or tombstoned), sorted: prefix reads
-        # cost what lies under the prefix, as in Consul's radix tree, not
-        # what the whole store holds.
+        # The keys written, sorted: prefix reads cost what lies under the
+        # prefix, as in Consul's radix tree, not what the whole store holds.
+        # Deleted keys linger (a rolled-back create too) until there are
+        # more of them than live ones, then the list is rebuilt.
         self._keys: list[str] = []
+        self._deleted = 0
+        # The index of the newest write under each prefix that ends in "/"
+        # (the index of a prefix read): any write is the newest, so it is
+        # noted at each such prefix of its key, and a blocking query on the
+        # namespace costs nothing per tombstone -- a workload that churns
+        # keys would otherwise slow every read down without bound (Consul's
+        # tombstones are reaped; these are kept for exact reads).
+        self._newest: dict[str, int] = {}
+        self._written: list[str] = []  # keys touched by the write in progress
         # While a transaction runs: each touched key's state before it, to
         # roll back without copying the store.
         self._journal: dict[str, tuple[_Entry | None, int | None, float | None]] | None = None
@@ -216,8 +226,23 @@ class _Store:
         if exact:
             entry = self.kv.get(prefix)
             return entry.modify_index if entry is not None else self.tombstones.get(prefix, 1)
-        indexes = [entry.modify_index if entry is not None else self.tombstones.get(key, 1) for key, entry in self._under(prefix)]
-        return max(indexes, default=1)
+        if prefix.endswith("/") or not prefix:
+            return self._newest.get(prefix, 1)
+        live = [entry.modify_index for entry in self.entries_under(prefix)]
+        return max(live + [index for key, index in self.tombstones.items() if key.startswith(prefix)], default=1)
+
+    def note_writes(self, index: int) -> None:
+        """The write in progress is done, at ``index``: note it at the prefixes of the keys it touched."""
+        newest = self._newest
+        for key in self._written:
+            newest[""] = index
+            at = key.find("/")
+            while at >= 0:
+                newest[key[:at + 1]] = index
+                at = key.find("/", at + 1)
+        self._written.clear()
+        if self._deleted > max(1000, len(self.kv)):
+            self._keys, self._deleted = sorted(self.kv), 0
 
     def entries_under(self, prefix: str) -> list[_Entry]:
         """The live entries whose keys start with ``prefix``, in key order."""
@@ -235,12 +260,17 @@ class _Store:
     def _touch(self, key: str) -> None:
         """Note ``key`` before a write: keep it in the sorted index, and its state in the journal."""
         entry = self.kv.get(key)
-        if entry is None and key not in self.tombstones:
-            bisect.insort(self._keys, key)
+        self._written.append(key)
+        if entry is None:
+            keys = self._keys
+            at = bisect.bisect_left(keys, key)
+            if at == len(keys) or keys[at] != key:
+                keys.insert(at, key)
         if self._journal is not None and key not in self._journal:
             self._journal[key] = (None if entry is None else entry.copy(), self.tombstones.get(key), self.lock_delay_until.get(key))
 
     def _roll_back(self, journal: dict[str, tuple[_Entry | None, int | None, float | None]]) -> None:
+        self._written.clear()
         for key, (entry, tombstone, delay) in journal.items():
             _restore(self.kv, key, entry)
             _restore(self.tombstones, key, tombstone)
@@ -273,9 +303,11 @@ class _Store:
             if session.behavior == "delete":
                 del self.kv[key]
                 self.tombstones[key] = index
+                self._deleted += 1
             else:
                 entry.session = None
                 entry.modify_index = index
+        self.note_writes(index)
 
     # -- KV primitives (caller holds cond; ``index`` is this write's index) ---
 
@@ -320,6 +352,7 @@ class _Store:
             self._touch(key)
         if self.kv.pop(key, None) is not None:
             self.tombstones[key] = index
+            self._deleted += 1
 
     def _delete_tree(self, prefix: str, index: int) -> None:
         for key in [key for key, entry in self._under(prefix) if entry is not None]:
@@ -353,6 +386,7 @@ class _Store:
                 self._journal = None
             if wrote:
                 self.index = index
+                self.note_writes(index)
                 self.cond.notify_all()
             return 200, {"Results": results, "Errors": None}
 
@@ -611,6 +645,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if done:
                 store.index = index
+                store.note_writes(index)
                 store.cond.notify_all()
             self._reply(200, done, index=store.index)
 
