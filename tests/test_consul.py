@@ -90,6 +90,33 @@ def test_a_wrong_token_is_refused_without_showing_it():
         coord.stop()
 
 
+def test_py_consul_over_the_kept_alive_session_reads_writes_and_fails_as_over_requests():
+    import requests
+
+    from coordactors.backend_actors._keepalive import KeepAliveSession
+
+    with FakeConsulAgent(token="RightToken1") as agent:
+        client = consul.Consul(host="127.0.0.1", port=agent.port, token="RightToken1")
+        client.http.session = KeepAliveSession()
+        assert client.kv.put("k/a", "1") is True
+        assert client.kv.put("k/a", "2", cas=1) is False  # a refused compare is an answer, not an error
+        index, entry = client.kv.get("k/a")
+        assert entry["Value"] == b"1" and int(index) == entry["ModifyIndex"]  # X-Consul-Index, read case-insensitively
+        threading.Timer(0.1, lambda: consul.Consul(host="127.0.0.1", port=agent.port, token="RightToken1").kv.put("k/b", "")).start()
+        moved, keys = client.kv.get("k/", keys=True, index=index, wait="5s")  # a blocking query
+        assert int(moved) > int(index) and keys == ["k/a", "k/b"]
+        assert client.kv.delete("k/", recurse=True) is True
+        assert client.kv.get("k/", keys=True)[1] is None
+        client.http.session.close()
+        wrong = consul.Consul(host="127.0.0.1", port=agent.port, token="Sup3rSecretTok")
+        wrong.http.session = KeepAliveSession()
+        with pytest.raises(consul.exceptions.ACLPermissionDenied):
+            wrong.kv.get("k/a")
+        wrong.http.session.close()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        client.kv.get("k/a")  # the agent is gone
+
+
 def test_an_unreachable_agent_is_a_clear_backend_unavailable():
     with pytest.raises(errors.BackendUnavailable, match="127.0.0.1:1"):
         coordactors.connect("consul://127.0.0.1:1?connect_timeout=1", "a")
@@ -381,6 +408,30 @@ def test_the_fake_answers_blocking_queries_when_the_prefix_moves_or_the_wait_end
             client.session.renew(sid)
         client.http.session.close()
     assert not [t for t in threading.enumerate() if t.name.endswith(f"[{agent.port}]")]
+
+
+def test_the_fakes_prefix_index_moves_with_writes_and_deletes_under_it_and_survives_churn():
+    with FakeConsulAgent() as agent:
+        client = consul.Consul(host="127.0.0.1", port=agent.port)
+        client.kv.put("p/a/x", "1")
+        index, _ = client.kv.get("p/", keys=True)
+        client.kv.put("q/y", "1")
+        assert client.kv.get("p/", keys=True)[0] == index  # a write elsewhere does not move it
+        client.kv.delete("p/a/x")
+        after, keys = client.kv.get("p/", keys=True)
+        assert int(after) > int(index) and keys is None  # a delete does
+        assert client.kv.get("p/a/", keys=True)[0] == after
+        assert client.kv.get("p", keys=True)[0] == after  # (a prefix not ending in "/")
+        # Keys that come and go by the thousand: the reads stay right, and
+        # the index of keys kept does not grow with those gone.
+        for start in range(0, 3000, 50):
+            batch = range(start, start + 50)
+            client.txn.put([{"KV": {"Verb": "set", "Key": f"c/{i:04d}", "Value": ""}} for i in batch])
+            client.txn.put([{"KV": {"Verb": "delete", "Key": f"c/{i:04d}"}} for i in batch if i % 10])
+        assert client.kv.get("c/", keys=True)[1] == [f"c/{i:04d}" for i in range(0, 3000, 10)]
+        assert client.kv.get("p/", keys=True)[0] == after
+        assert len(agent.store._keys) < 1500
+        client.http.session.close()
 
 
 def test_an_agent_that_goes_away_loses_the_locks_then_everything_is_restored():
