@@ -73,7 +73,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
@@ -246,16 +246,18 @@ class _Store:
 
     def entries_under(self, prefix: str) -> list[_Entry]:
         """The live entries whose keys start with ``prefix``, in key order."""
-        return [entry for _key, entry in self._under(prefix) if entry is not None]
+        kv = self.kv
+        return [kv[key] for key in self.keys_under(prefix) if key in kv]
 
-    def _under(self, prefix: str) -> Iterator[tuple[str, _Entry | None]]:
-        """Every key ever written under ``prefix``, with its live entry or None."""
+    def keys_under(self, prefix: str) -> list[str]:
+        """The keys written under ``prefix`` (deleted ones among them), in order."""
         keys = self._keys
-        for position in range(bisect.bisect_left(keys, prefix), len(keys)):
-            key = keys[position]
-            if not key.startswith(prefix):
-                return
-            yield key, self.kv.get(key)
+        start = bisect.bisect_left(keys, prefix)
+        if not prefix:
+            return keys[start:]
+        # Past the last key with the prefix: the prefix with its last character bumped.
+        end = bisect.bisect_left(keys, prefix[:-1] + chr(ord(prefix[-1]) + 1), start)
+        return keys[start:end]
 
     def _touch(self, key: str) -> None:
         """Note ``key`` before a write: keep it in the sorted index, and its state in the journal."""
@@ -355,7 +357,7 @@ class _Store:
             self._deleted += 1
 
     def _delete_tree(self, prefix: str, index: int) -> None:
-        for key in [key for key, entry in self._under(prefix) if entry is not None]:
+        for key in [key for key in self.keys_under(prefix) if key in self.kv]:
             self._delete(key, index)
 
     # -- transactions --------------------------------------------------------
