@@ -329,6 +329,35 @@ def test_events_stay_in_order_when_several_transactions_land_between_two_answers
     assert 5 in gate.new_entries  # all in the one answer after the gate
 
 
+def test_a_lone_change_is_delivered_from_its_log_keys_name_and_an_older_entry_is_read(coordinators, url, namespace, raw, monkeypatch):
+    import json
+
+    from coordactors.backend_actors.consul import ConsulSession
+
+    fetched = []
+    fetch = ConsulSession._fetch
+
+    def counting(self, conn, keys):
+        if self.member_id == "watcher":
+            fetched.append(keys)
+        return fetch(self, conn, keys)
+
+    monkeypatch.setattr(ConsulSession, "_fetch", counting)
+    watcher, a = coordinators("watcher", url), coordinators("a", url)
+    seen = EventRecorder()
+    watcher.create_group("g")
+    watcher.watch("g", seen)
+    a.join("g")
+    seen.wait_for_event(MemberJoined("g", "a"))
+    a.leave("g")
+    seen.wait_for_event(MemberLeft("g", "a"))
+    assert fetched == []  # each answer held one new entry: its name said it all
+    # An entry as an older version wrote it: a bare uuid, the event in the value.
+    raw.kv.put(f"{namespace}/log/{uuid.uuid4().hex}", json.dumps({"g": "g", "k": "join", "m": "old"}))
+    seen.wait_for_event(MemberJoined("g", "old"))
+    assert len(fetched) == 1
+
+
 def test_log_entries_pruned_between_an_answer_and_their_fetch_still_give_the_events(coordinators, url, namespace, raw, monkeypatch):
     from coordactors.backend_actors.consul import ConsulSession
 

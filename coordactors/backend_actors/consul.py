@@ -27,8 +27,9 @@ Keys, under ``<namespace>/`` (names are base64url-encoded, so any name --
 ``l/<lock>``               a lock, acquired by its holder's session and
                            deleted at release (so it exists exactly while
                            held); value ``{"member": ..., "token": ...}``
-``log/<uuid>``             an event: ``{"g": group, "k": join|leave|leader,
-                           "m": member}``
+``log/<uuid>.<k>.<g>.<m>`` an event: ``{"g": group, "k": join|leave|leader,
+                           "m": member}``, the same in the name (``k``
+                           as is, ``g`` and ``m`` encoded)
 =========================  ==================================================
 
 Mechanisms:
@@ -61,7 +62,9 @@ Mechanisms:
   session) runs blocking queries with ``index`` listing the key NAMES of the
   whole namespace (``?keys``), not their values, so a write costs each
   reader a list of names, parsed only where it differs from the last one.
-  Each answer is a consistent snapshot: its log keys not seen before are
+  Each answer is a consistent snapshot.  A single new log key carries its
+  event in its name: nothing else new to order it against, it is not read
+  (one round trip less per change).  Otherwise the new log keys are
   read by transactions of ``get-tree`` verbs (64 per transaction, Consul's
   limit; ``get-tree`` rather than ``get``, which fails the whole transaction
   for an entry pruned meanwhile) and become MemberJoined/MemberLeft/
@@ -168,6 +171,9 @@ class _View:
         self.members = members
         self.locks = locks  # the lock keys that exist: held (a release deletes the key)
         self.leaders: dict[str, str] = {}  # group -> holder of its leader lock, where known
+        self.named_after: int | None = None
+        """Set when the log entry is known by its name only: its CreateIndex
+        is after this and at most the answer's (which ``log`` gives)."""
 
     def leader(self, group: str) -> str | None:
         return self.leaders.get(group)
@@ -188,6 +194,18 @@ def _meaning(prefix: str, key: str) -> tuple[str, str, str | None] | None:
     except (ValueError, binascii.Error):
         pass  # not ours to interpret
     return None
+
+
+def _event_named(key: str) -> tuple[str, str, str] | None:
+    """The (group, kind, member) a log key's name carries after its uuid; None
+    for a name without them (written by an older version, or foreign)."""
+    parts = key.rpartition("/")[2].split(".")
+    if len(parts) != 4 or parts[1] not in ("join", "leave", "leader"):
+        return None
+    try:
+        return _dec(parts[2]), parts[1], _dec(parts[3])
+    except (ValueError, binascii.Error):
+        return None
 
 
 def _value(entry: dict[str, Any]) -> bytes:
@@ -226,9 +244,13 @@ class _Follower:
     def oldest(self, count: int) -> list[str]:
         return sorted(self.log, key=lambda key: (self.log[key], key))[:count]
 
-    def view(self, keys: list[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]]) -> _View:
-        """The view of one keys-only answer; ``fetch`` reads the entries of
-        the keys given (in transactions), leaving out those gone meanwhile."""
+    def view(self, keys: list[str], fetch: Callable[[list[str]], dict[str, dict[str, Any]]], index: int, after: int) -> _View:
+        """The view of one keys-only answer (at ``index``, the previous one at
+        ``after``); ``fetch`` reads the entries of the keys given (in
+        transactions), leaving out those gone meanwhile.  A single new log
+        entry whose name carries its event needs no read: nothing else new
+        in the answer to order it against, its CreateIndex lies in
+        (``after``, ``index``], and ``index`` stands in for it."""
         newest = self._newest
         self._list(keys)
         view = _View(dict(self._members), frozenset(self._locks))
@@ -239,15 +261,21 @@ class _Follower:
         leader_locks = {name for name in view.locks if name.startswith(RESERVED_LOCK_PREFIX)}
         self.holders = {} if gap else {name: holder for name, holder in self.holders.items() if name in leader_locks}
         unknown = sorted(leader_locks - self.holders.keys())
-        entries = fetch(new + [self._lock_key(name) for name in unknown])
-        if any(key not in entries for key in new):
-            # Pruned since the answer: a leader entry among them is lost.
-            rest = sorted(leader_locks - set(unknown))
-            entries.update(fetch([self._lock_key(name) for name in rest]))
-            unknown += rest
-        for key in new:
-            if key in entries:
-                self._read_log_entry(entries[key], view)
+        named = _event_named(new[0]) if len(new) == 1 and not unknown else None
+        entries: dict[str, dict[str, Any]] = {}
+        if named is not None:
+            self._note_log_entry(new[0], index, named, view)
+            view.named_after = after
+        elif new or unknown:
+            entries = fetch(new + [self._lock_key(name) for name in unknown])
+            if any(key not in entries for key in new):
+                # Pruned since the answer: a leader entry among them is lost.
+                rest = sorted(leader_locks - set(unknown))
+                entries.update(fetch([self._lock_key(name) for name in rest]))
+                unknown += rest
+            for key in new:
+                if key in entries:
+                    self._read_log_entry(entries[key], view)
         view.log.sort()
         for _index, _key, group, kind, member in view.log:
             if kind == "leader" and leader_lock_name(group) in leader_locks:
@@ -309,13 +337,18 @@ class _Follower:
         return f"{self.prefix}l/{_enc(name)}"
 
     def _read_log_entry(self, entry: dict[str, Any], view: _View) -> None:
-        self.log[entry["Key"]] = entry["CreateIndex"]
-        self._newest = max(self._newest or (0, ""), (entry["CreateIndex"], entry["Key"]))
         try:
             event = json.loads(_value(entry))
-            view.log.append((entry["CreateIndex"], entry["Key"], event["g"], event["k"], event["m"]))
+            named = (event["g"], event["k"], event["m"])
         except (ValueError, KeyError, TypeError, binascii.Error):
-            pass  # a foreign entry: not ours to interpret
+            named = None  # a foreign entry: not ours to interpret
+        self._note_log_entry(entry["Key"], entry["CreateIndex"], named, view)
+
+    def _note_log_entry(self, key: str, create_index: int, event: tuple[str, str, str] | None, view: _View) -> None:
+        self.log[key] = create_index
+        self._newest = max(self._newest or (0, ""), (create_index, key))
+        if event is not None:
+            view.log.append((create_index, key, *event))
 
 
 def _member_in(value: bytes | None) -> str | None:
@@ -455,7 +488,7 @@ class ConsulSession(RestingReader, SessionActor):
                     new_index = int(new_index)
                     if new_index == index:
                         continue
-                    view = follower.view(keys or [], lambda wanted: self._fetch(conn, wanted))
+                    view = follower.view(keys or [], lambda wanted: self._fetch(conn, wanted), new_index, index)
                 except Exception as exc:  # noqa: BLE001 - any failure ends the reader
                     if not conn.stopping.is_set():
                         self.run_on_actor(self._reader_failed, conn, exc)
@@ -517,8 +550,11 @@ class ConsulSession(RestingReader, SessionActor):
             return
         seen, self._log_seen = self._log_seen, max(self._log_seen, view.log[-1][0] if view.log else 0)
         for create_index, _key, group, kind, member in view.log:
-            if create_index <= seen or group not in self._snapshots or create_index <= self._watch_from.get(group, 0):
+            watched_from = self._watch_from.get(group, 0)
+            if create_index <= seen or group not in self._snapshots or create_index <= watched_from:
                 continue
+            if view.named_after is not None and view.named_after < watched_from:
+                continue  # it may be older than the watch's snapshot: the names below tell what changed
             self.apply_logged(group, kind, member)
         # What no log entry records: members deleted with an expired session,
         # a leader lock freed.
@@ -560,7 +596,8 @@ class ConsulSession(RestingReader, SessionActor):
     def _log_op(self, group: str, kind: str, member: str) -> dict[str, Any]:
         self._log_writes += 1
         value = json.dumps({"g": group, "k": kind, "m": member}, separators=(",", ":")).encode()
-        return {"KV": {"Verb": "set", "Key": f"{self._prefix}log/{uuid.uuid4().hex}", "Value": base64.b64encode(value).decode()}}
+        key = f"{self._prefix}log/{uuid.uuid4().hex}.{kind}.{_enc(group)}.{_enc(member)}"
+        return {"KV": {"Verb": "set", "Key": key, "Value": base64.b64encode(value).decode()}}
 
     def _kv_op(self, verb: str, key: str, value: bytes | None = None, index: int | None = None, session: bool = False) -> dict[str, Any]:
         op: dict[str, Any] = {"Verb": verb, "Key": key}
