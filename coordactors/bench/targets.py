@@ -102,12 +102,20 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
             one, shared = samples.get((backend, op, "ask", "c1")), samples.get((backend, op, "ask", "c16"))
             best_shared = max((samples[k]["throughput"] for k in samples if k[0] == backend and k[1] == op and k[3] == "c16"), default=None)
             gains = shared_gains(data, backend, op)
+            tooz16, raw16 = samples.get((backend, op, "tooz", "sep16")), samples.get((backend, op, "raw", "sep16"))
             if one is not None and shared is not None and gains and backend in SHARED_GAIN_BACKENDS:
                 gain = median(gains)
-                yield _row("16 callers share one coordinator", backend, op, gain, SHARED_GAIN, gain >= SHARED_GAIN,
+                raw1 = samples.get((backend, op, "raw", "c1"))
+                # How far the machine lets the raw client itself scale: a reference, not the target.
+                scaling = ("" if raw16 is None or raw1 is None or not raw1["throughput"] else
+                           f"; the protocol by hand, 16 connections over one: {raw16['throughput'] / raw1['throughput']:.1f}x "
+                           f"({raw16['throughput']:.0f}/s vs {raw1['throughput']:.0f}/s)")
+                row = _row("16 callers share one coordinator", backend, op, gain, SHARED_GAIN, gain >= SHARED_GAIN,
                            f"ask, 16 callers over one, median of {len(gains)} back-to-back pairs ({', '.join(f'{g:.1f}x' for g in gains)}); "
-                           f"first pair {shared['throughput']:.0f}/s vs {one['throughput']:.0f}/s")
-            tooz16, raw16 = samples.get((backend, op, "tooz", "sep16")), samples.get((backend, op, "raw", "sep16"))
+                           f"first pair {shared['throughput']:.0f}/s vs {one['throughput']:.0f}/s" + scaling)
+                if scaling:
+                    row["raw_scaling"] = raw16["throughput"] / raw1["throughput"]  # type: ignore[index]
+                yield row
             if best_shared is not None and tooz16 is not None:
                 yield _row("concurrent: one coordinator beats 16 tooz", backend, op, best_shared, tooz16["throughput"],
                            best_shared > tooz16["throughput"],
