@@ -177,7 +177,7 @@ class Coalescing:
 
     def settle_release(self, call: Call, lease: Lease, released: bool) -> None:
         """Answer a batched release of ``lease``: done, or found lost on the backend."""
-        del self._leases[lease.name]  # type: ignore[attr-defined]
+        self._leases.pop(lease.name, None)  # type: ignore[attr-defined]  # (gone already if the session failed meanwhile)
         if released:
             self._end_lease(lease, "released")  # type: ignore[attr-defined]
             self._deliver(call, None)  # type: ignore[attr-defined]

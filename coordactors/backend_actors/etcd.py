@@ -656,6 +656,11 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                     free.append(lane)
         finally:
             self._sent_at_index = None
+            # Left early (a failure settling a reply): a lane whose reply is
+            # still to come would hand it to the next request sent on it.
+            for lane, _item in running:
+                lane.close()
+                conn.lanes.remove(lane)
 
     def probe(self) -> bool:
         """While suspended: one read, from any server of the URL."""
@@ -1012,7 +1017,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                 freed.append(lease.name)
                 self.settle_release(call, lease, value)
             else:
-                del self._leases[lease.name]  # as when the usual path's release fails
+                self._leases.pop(lease.name, None)  # as when the usual path's release fails (unless the session failed meanwhile)
                 self._reject(call, value if isinstance(value, errors.CoordinationError) else self._translated(value))
 
         def more() -> list[_Steps[Any]]:
