@@ -255,6 +255,8 @@ class _Store:
         start = bisect.bisect_left(keys, prefix)
         if not prefix:
             return keys[start:]
+        if ord(prefix[-1]) == sys.maxunicode:  # nothing to bump: filter
+            return [key for key in keys[start:] if key.startswith(prefix)]
         # Past the last key with the prefix: the prefix with its last character bumped.
         end = bisect.bisect_left(keys, prefix[:-1] + chr(ord(prefix[-1]) + 1), start)
         return keys[start:end]
