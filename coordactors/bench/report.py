@@ -158,7 +158,7 @@ def targets_section(targets: list[dict[str, Any]]) -> list[str]:
         scalings = ", ".join(f"{t['backend']} {t['raw_scaling']:.1f}x" for t in below)
         lines += [f"Of the {len(gains)} 16-caller gains that do not hold, {len(below)} are on backends where the raw client itself, "
                   "the same protocol by hand on 16 connections of its own, scales less than that over one connection "
-                  f"({scalings}): there the machine (its CPUs shared by the server and this process) is the limit, not the coordinator.",
+                  f"({scalings}): on this host the target is beyond what the backend's own client reaches with 16 connections.",
                   ""]
     if failed:
         lines += ["| target | backend | what | measured | limit | detail |", "|---|---|---|---|---|---|"]
