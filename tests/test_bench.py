@@ -193,7 +193,7 @@ def test_the_16_caller_gain_is_the_median_of_back_to_back_pairs() -> None:
     assert "raw_scaling" not in gain  # no raw client measured: nothing to compare with
 
     # With the raw client measured alone and on 16 connections, the report
-    # says how far the machine let the raw client itself scale.
+    # says how far the raw client itself scaled.
     raw = [{**row(mode, throughput), "contender": "raw"} for mode, throughput in (("c1", 3000.0), ("sep16", 4500.0))]
     data["results"] += raw
     [gain] = [t for t in check(data) if t["target"] == "16 callers share one coordinator"]

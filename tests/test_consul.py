@@ -102,8 +102,12 @@ def test_py_consul_over_the_kept_alive_session_reads_writes_and_fails_as_over_re
         assert client.kv.put("k/a", "2", cas=1) is False  # a refused compare is an answer, not an error
         index, entry = client.kv.get("k/a")
         assert entry["Value"] == b"1" and int(index) == entry["ModifyIndex"]  # X-Consul-Index, read case-insensitively
-        threading.Timer(0.1, lambda: consul.Consul(host="127.0.0.1", port=agent.port, token="RightToken1").kv.put("k/b", "")).start()
+        writer = consul.Consul(host="127.0.0.1", port=agent.port, token="RightToken1")
+        later = threading.Timer(0.1, lambda: writer.kv.put("k/b", ""))
+        later.start()
         moved, keys = client.kv.get("k/", keys=True, index=index, wait="5s")  # a blocking query
+        later.join(5)
+        writer.http.session.close()
         assert int(moved) > int(index) and keys == ["k/a", "k/b"]
         assert client.kv.delete("k/", recurse=True) is True
         assert client.kv.get("k/", keys=True)[1] is None

@@ -106,7 +106,7 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
             if one is not None and shared is not None and gains and backend in SHARED_GAIN_BACKENDS:
                 gain = median(gains)
                 raw1 = samples.get((backend, op, "raw", "c1"))
-                # How far the machine lets the raw client itself scale: a reference, not the target.
+                # How far the raw client itself scales here: a reference, not the target.
                 scaling = ("" if raw16 is None or raw1 is None or not raw1["throughput"] else
                            f"; the protocol by hand, 16 connections over one: {raw16['throughput'] / raw1['throughput']:.1f}x "
                            f"({raw16['throughput']:.0f}/s vs {raw1['throughput']:.0f}/s)")
