@@ -17,7 +17,7 @@ that comes free starts the next request at once.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from coordactors import errors
 from coordactors._protocol import Call
@@ -29,6 +29,11 @@ __all__ = ["NOT_BATCHED", "Coalescing"]
 
 NOT_BATCHED: Any = object()
 """``Coalescing.batch_item``'s answer for a request served the usual way."""
+
+
+def _no_item(_call: Call) -> None:
+    """Any queued coalescable call joins a batch as it is (``_pull``)."""
+    return None
 
 
 class Coalescing:
@@ -48,19 +53,8 @@ class Coalescing:
         coalesced = self.COALESCED
         if type(message) is not Call or type(message.message) not in coalesced or self.state is not CONNECTED:  # type: ignore[attr-defined]
             return super().on_receive(message)  # type: ignore[misc]
-        batch = [message]
-        leftover = None
-        inbox = self.actor_inbox  # type: ignore[attr-defined]
-        # The actor thread is the inbox's only reader: not empty means get_nowait has something.
-        while len(batch) < self.MAX_BATCH and not inbox.empty():
-            envelope = inbox.get_nowait()
-            queued = envelope.message
-            if envelope.reply_to is None and type(queued) is Call and type(queued.message) in coalesced:
-                batch.append(queued)
-            else:
-                leftover = envelope
-                break
-        self._queued_behind = leftover
+        self._queued_behind = None
+        batch = [message] + [call for call, _item in self._pull(_no_item, self.MAX_BATCH - 1)]
         self._taken = len(batch)
         if len(batch) == 1:
             self._serve(message)  # type: ignore[attr-defined]
@@ -104,22 +98,36 @@ class Coalescing:
         after the whole run.  Taking stops at the first request that cannot
         join (it is served after the run, so the order holds) and after
         ``MAX_RUN`` requests in all."""
-        inbox = self.actor_inbox  # type: ignore[attr-defined]
         if not self._last_run_open or self._queued_behind is not None or self.state is not CONNECTED:  # type: ignore[attr-defined]
             return []
-        taken: list[tuple[Call, Any]] = []
+
+        def joins(call: Call) -> Any:
+            msg = call.message
+            item = self.batch_item(msg, names)
+            if item is not NOT_BATCHED and type(msg) in (Acquire, Release):
+                names.add(msg.name)
+            return item
+
+        taken = self._pull(joins, self.MAX_RUN - self._taken)
+        self._taken += len(taken)
+        return taken
+
+    def _pull(self, accept: Callable[[Call], Any], limit: int) -> list[tuple[Call, Any]]:
+        """Take up to ``limit`` queued coalescable calls, each with what
+        ``accept`` says of it, while it says anything but ``NOT_BATCHED``;
+        the first envelope not taken is kept in ``_queued_behind``, to be
+        served after the batch."""
+        inbox = self.actor_inbox  # type: ignore[attr-defined]
         coalesced = self.COALESCED
-        while self._taken < self.MAX_RUN and not inbox.empty():
+        taken: list[tuple[Call, Any]] = []
+        # The actor thread is the inbox's only reader: not empty means get_nowait has something.
+        while len(taken) < limit and not inbox.empty():
             envelope = inbox.get_nowait()
             queued = envelope.message
             if envelope.reply_to is None and type(queued) is Call and type(queued.message) in coalesced:
-                msg = queued.message
-                item = self.batch_item(msg, names)
+                item = accept(queued)
                 if item is not NOT_BATCHED:
                     taken.append((queued, item))
-                    if type(msg) in (Acquire, Release):
-                        names.add(msg.name)
-                    self._taken += 1
                     continue
             self._queued_behind = envelope
             break

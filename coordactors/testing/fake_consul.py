@@ -234,8 +234,9 @@ class _Store:
     def note_writes(self, index: int) -> None:
         """The write in progress is done, at ``index``: note it at the prefixes of the keys it touched."""
         newest = self._newest
-        for key in self._written:
+        if self._written:
             newest[""] = index
+        for key in self._written:
             at = key.find("/")
             while at >= 0:
                 newest[key[:at + 1]] = index
