@@ -36,7 +36,7 @@ def test_a_quick_run_measures_every_operation_and_contender(backend_url: str, tm
     assert list(data["backends"]) == [backend]
     rows = {(r["operation"], r["contender"], r["mode"]): r for r in data["results"]}
     for op in OPERATIONS:
-        for contender in ("raw", "handoff", "ask", "submit", "asyncio"):
+        for contender in ("raw", "handoff", "async_handoff", "ask", "submit", "asyncio"):
             row = rows[(op.name, contender, "c1")]
             assert row.get("sample", {}).get("count", 0) > 0, row
         tooz = rows[(op.name, "tooz", "c1")]
@@ -224,3 +224,67 @@ def test_the_handoff_contender_runs_each_backend_call_on_a_thread_of_its_own() -
         session.lock("jobs")  # and the thread serves on
     finally:
         session.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_awaited_handoff_contender_awaits_each_backend_call_made_on_a_thread_of_its_own() -> None:
+    import asyncio
+
+    from coordactors.bench.contenders import AwaitedHandOffSession
+
+    url = f"memory://bench-async-handoff-{uuid.uuid4().hex[:8]}"
+    session = AwaitedHandOffSession(url, "m")
+    try:
+        served_on = set()
+        try_acquire = session.session.do_try_acquire
+        release_started, release_may_go = threading.Event(), threading.Event()
+        do_release = session.session.do_release
+
+        def recorded(*args: Any) -> Any:
+            served_on.add(threading.get_ident())
+            return try_acquire(*args)
+
+        def held_back(*args: Any) -> Any:
+            release_started.set()
+            assert release_may_go.wait(10)
+            return do_release(*args)
+
+        session.session.do_try_acquire = recorded
+        session.session.do_release = held_back
+
+        async def main() -> None:
+            lock = asyncio.ensure_future(session.lock("jobs"))
+            # The loop runs on while a call is out on the other thread.
+            while not release_started.is_set():
+                await asyncio.sleep(0.001)
+            assert not lock.done()
+            release_may_go.set()
+            await asyncio.wait_for(lock, 10)
+            with pytest.raises(coordactors.errors.GroupNotFound):  # the backend's error reaches the awaiting task
+                await session.join_leave("no-such-group")
+            await session.lock("jobs")  # and the thread serves on
+
+        asyncio.run(main())
+        assert served_on and threading.get_ident() not in served_on
+    finally:
+        session.close()
+
+
+def test_an_asyncio_row_is_held_to_the_awaited_handoff_floor() -> None:
+    from coordactors.bench.targets import check
+
+    def row(contender: str, p50: float) -> dict[str, Any]:
+        return {"backend": "redis", "operation": "trylock", "contender": contender, "mode": "c1", "sample": {"p50_us": p50, "throughput": 1.0}}
+
+    data = {"backends": {"redis": ""}, "floors": {"queue_pingpong": {"p50_us": 40.0}, "loop_pingpong": {"p50_us": 55.0}},
+            "settings": {"sweep_operations": []},
+            "results": [row("raw", 100.0), row("handoff", 130.0), row("async_handoff", 160.0), row("ask", 140.0), row("asyncio", 170.0)]}
+    overhead = {t["what"]: t for t in check(data) if t["target"] == "overhead"}
+    ask, awaited = overhead["trylock via ask"], overhead["trylock via asyncio"]
+    assert ask["handoff_overhead"] == 30.0 and "raw behind a bare hand-off 130 µs, so ask adds 10 µs" in ask["detail"]
+    assert awaited["handoff_overhead"] == 60.0 and not awaited["ok"]  # 60 > 1.2 x 40: no awaited actor meets it here
+    assert "raw behind a bare awaited hand-off 160 µs, so asyncio adds 10 µs" in awaited["detail"]
+    # A run from before the awaited hand-off was measured falls back to the threads' one.
+    data["results"] = [r for r in data["results"] if r["contender"] != "async_handoff"]
+    [awaited] = [t for t in check(data) if t["what"] == "trylock via asyncio"]
+    assert awaited["handoff_overhead"] == 30.0

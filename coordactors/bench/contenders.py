@@ -13,15 +13,18 @@ own behind two ``queue.SimpleQueue`` hand-offs per request and nothing else:
 the least any actor in the request path can cost for that operation on this
 machine.  It is more than the bare ping-pong where the operation itself runs
 slower on a thread that has just been woken than on one that kept running.
+The ``async_handoff`` contender is the same behind an event loop: each call
+handed to a thread and its answer awaited (the floor of the asyncio rows).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable, Generator
 
 from coordactors.backend_actors.base import CONNECTED
 from coordactors.messages import Lease
@@ -31,7 +34,10 @@ from coordactors.urls import parse_url
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HandedOffSession", "RawSession", "open_tooz"]
+Calls = Generator[tuple[Callable[..., Any], tuple[Any, ...]], Any, Any]
+"""An operation as the backend calls it makes: each yield is (hook, arguments), answered with the hook's result."""
+
+__all__ = ["AwaitedHandOffSession", "HandedOffSession", "RawSession", "open_tooz"]
 
 
 class _NoSupervisor:
@@ -59,31 +65,58 @@ class RawSession:
         self.member_id = member_id
 
     # The operations, as a caller would write them with the client library.
+    # Each is a generator of the backend calls it makes, so that the
+    # hand-off contenders can hand each call over on its own; ``_run`` makes
+    # them here, on the caller's thread.
 
-    def lock(self, name: str) -> None:
+    def lock(self, name: str) -> Any:
         """Acquire and release ``name`` (uncontended)."""
-        fence = self.session.do_try_acquire(name, None)
+        return self._run(self._lock(name))
+
+    def try_lock_refused(self, name: str) -> Any:
+        """Try ``name``, held by someone else: must be refused."""
+        return self._run(self._try_lock_refused(name))
+
+    def join_leave(self, group: str) -> Any:
+        """Join and leave ``group``."""
+        return self._run(self._join_leave(group))
+
+    def members(self, group: str) -> Any:
+        """The members of ``group``."""
+        return self._run(self._members(group))
+
+    def update_capabilities(self, group: str, capabilities_json: str) -> Any:
+        """Replace this member's capabilities in ``group``."""
+        return self._run(self._update_capabilities(group, capabilities_json))
+
+    def _lock(self, name: str) -> Calls:
+        fence = yield self.session.do_try_acquire, (name, None)
         if fence is None:
             raise AssertionError(f"raw: {name!r} unexpectedly held")
-        self.session.do_release(name, fence)
+        yield self.session.do_release, (name, fence)
 
-    def try_lock_refused(self, name: str) -> None:
-        """Try ``name``, held by someone else: must be refused."""
-        if self.session.do_try_acquire(name, None) is not None:
+    def _try_lock_refused(self, name: str) -> Calls:
+        if (yield self.session.do_try_acquire, (name, None)) is not None:
             raise AssertionError(f"raw: contended {name!r} was granted")
 
-    def join_leave(self, group: str) -> None:
-        """Join and leave ``group``."""
-        self.session.do_join(group, "null", False)
-        self.session.do_leave(group)
+    def _join_leave(self, group: str) -> Calls:
+        yield self.session.do_join, (group, "null", False)
+        yield self.session.do_leave, (group,)
 
-    def members(self, group: str) -> frozenset[str]:
-        """The members of ``group``."""
-        return self.session.do_get_members(group)  # type: ignore[no-any-return]
+    def _members(self, group: str) -> Calls:
+        return (yield self.session.do_get_members, (group,))
 
-    def update_capabilities(self, group: str, capabilities_json: str) -> None:
-        """Replace this member's capabilities in ``group``."""
-        self.session.do_update_capabilities(group, capabilities_json)
+    def _update_capabilities(self, group: str, capabilities_json: str) -> Calls:
+        yield self.session.do_update_capabilities, (group, capabilities_json)
+
+    def _run(self, calls: Calls) -> Any:
+        value: Any = None
+        while True:
+            try:
+                fn, args = calls.send(value)
+            except StopIteration as done:
+                return done.value
+            value = fn(*args)
 
     def hold(self, names: list[str], ttl: float | None) -> list[Lease]:
         """Take every lock of ``names``; return their leases (for heartbeat)."""
@@ -145,24 +178,43 @@ class _Server:
     def _serve(self) -> None:
         inbox, replies = self._inbox, self._replies
         while (item := inbox.get()) is not None:
-            fn, args = item
+            fn, args, future = item
             try:
-                replies.put((True, fn(*args)))
+                outcome = (True, fn(*args))
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-                replies.put((False, exc))
+                outcome = (False, exc)
+            if future is None:
+                replies.put(outcome)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
 
     def call(self, fn: Any, args: tuple[Any, ...]) -> Any:
         """Run ``fn(*args)`` on the server thread; return or raise what it did."""
-        self._inbox.put((fn, args))
+        self._inbox.put((fn, args, None))
         ok, value = self._replies.get()
         if not ok:
             raise value
         return value
 
+    async def call_async(self, fn: Any, args: tuple[Any, ...]) -> Any:
+        """As :meth:`call`, awaited: the answer comes back to the event loop
+        through ``call_soon_threadsafe``, as an awaited actor's reply would."""
+        future = asyncio.get_running_loop().create_future()
+        self._inbox.put((fn, args, future))
+        return await future
+
     def stop(self) -> None:
         """End the thread."""
         self._inbox.put(None)
         self._thread.join(5)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class HandedOffSession(RawSession):
@@ -175,6 +227,33 @@ class HandedOffSession(RawSession):
 
     def close(self) -> None:
         """Close the connection (on the server thread), then stop the thread."""
+        try:
+            super().close()
+        finally:
+            self._server.stop()
+
+
+class AwaitedHandOffSession(RawSession):
+    """The raw contender behind an event loop: each backend call is handed
+    to a thread of its own and its answer awaited, with nothing else in
+    between -- the least any actor answering an ``await`` can cost for that
+    operation here.  Its operations return coroutines."""
+
+    def __init__(self, url: str, member_id: str) -> None:
+        super().__init__(url, member_id)
+        self._server = _Server(f"bench-async-handoff[{member_id}]")
+
+    async def _run(self, calls: Calls) -> Any:  # type: ignore[override]
+        value: Any = None
+        while True:
+            try:
+                fn, args = calls.send(value)
+            except StopIteration as done:
+                return done.value
+            value = await self._server.call_async(fn, args)
+
+    def close(self) -> None:
+        """Close the connection, then stop the thread."""
         try:
             super().close()
         finally:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["main"]
 
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results")
-SIMPLE_CONTENDERS = ("raw", "handoff", "ask", "submit", "asyncio", "tooz")
+SIMPLE_CONTENDERS = ("raw", "handoff", "async_handoff", "ask", "submit", "asyncio", "tooz")
 SWEEP = (("ask", "c4"), ("ask", "c16"), ("submit", "c16"), ("asyncio", "c16"), ("ask", "sep16"), ("raw", "sep16"), ("tooz", "sep16"))
 SLICES = 4
 """The one-caller contenders of an operation take turns this many times (see run_interleaved)."""

@@ -62,15 +62,18 @@ def _rows(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for backend in backends:
         for op, requests in REQUESTS_PER_OPERATION.items():
             raw = samples.get((backend, op, "raw", "c1"))
-            handoff = samples.get((backend, op, "handoff", "c1"))
             for contender in ("ask", "submit", "asyncio"):
                 ours = samples.get((backend, op, contender, "c1"))
                 if raw is None or ours is None:
                     continue
+                # An awaited request's floor is the hand-off awaited from an
+                # event loop (older runs measured only the threads' one).
+                awaited = contender == "asyncio" and (backend, op, "async_handoff", "c1") in samples
+                handoff = samples.get((backend, op, "async_handoff" if awaited else "handoff", "c1"))
                 overhead = ours["p50_us"] - raw["p50_us"]
                 limit = OVERHEAD_FACTOR * pingpong * requests
                 beyond = ("" if handoff is None else
-                          f"; raw behind a bare hand-off {handoff['p50_us']:.0f} µs, so {contender} adds "
+                          f"; raw behind a bare{' awaited' if awaited else ''} hand-off {handoff['p50_us']:.0f} µs, so {contender} adds "
                           f"{(ours['p50_us'] - handoff['p50_us']) / requests:.0f} µs per request beyond any actor's floor")
                 if contender == "asyncio" and loop_pingpong is not None:
                     beyond += f" (an event loop's own ping-pong: {loop_pingpong:.0f} µs)"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import coordactors
 from coordactors import errors
 from coordactors.bench.backends import Backend
-from coordactors.bench.contenders import HandedOffSession, RawSession, open_tooz
+from coordactors.bench.contenders import AwaitedHandOffSession, HandedOffSession, RawSession, open_tooz
 from coordactors.bench.measure import Sample, histogram, summarise, time_async_callers, time_callers
 from coordactors.bench.operations import Operation, drive, drive_async
 from coordactors.messages import CreateGroup, DeleteGroup, Join, Leave
@@ -28,6 +28,8 @@ __all__ = ["MODES", "Fixture", "Trial", "run_interleaved", "run_trial"]
 MODES = {"c1": (1, True), "c4": (4, True), "c16": (16, True), "sep16": (16, False)}
 """mode -> (callers, sharing one coordinator)."""
 REQUEST_TIMEOUT = 30.0
+RAW_SESSIONS = {"raw": RawSession, "handoff": HandedOffSession, "async_handoff": AwaitedHandOffSession}
+"""The contenders that drive the backend by hand, and how each makes its calls."""
 
 
 class Fixture:
@@ -179,14 +181,16 @@ class Trial:
                 return lambda iterations, duration: time_async_callers(coroutines, iterations=iterations, duration=duration)
             make = _ask_op if contender == "ask" else _submit_op
             ops = [make(op, client, state) for client, state in zip(clients, states)]
-        elif contender in ("raw", "handoff"):
+        elif contender in RAW_SESSIONS:
             raws = []
             for _ in range(callers):
-                raw = (RawSession if contender == "raw" else HandedOffSession)(fixture.url, fixture.fresh("member"))
+                raw = RAW_SESSIONS[contender](fixture.url, fixture.fresh("member"))
                 closers.append(raw.close)
                 raws.append(raw)
             states = [_caller_state(fixture, op, admin, raw, "raw", i, closers) for i, raw in enumerate(raws)]
             ops = [(lambda r=raw, s=state: op.raw(r, s)) for raw, state in zip(raws, states)]
+            if contender == "async_handoff":
+                return lambda iterations, duration: time_async_callers(ops, iterations=iterations, duration=duration)
         elif contender == "tooz":
             if fixture.tooz_url is None:
                 raise errors.NotSupported("tooz has no driver for this backend here")
@@ -223,7 +227,7 @@ class Trial:
 
 def run_trial(fixture: Fixture, op: Operation, contender: str, mode: str, *, iterations: int, duration: float) -> Sample:
     """Measure ``op`` for ``contender`` (``ask``, ``submit``, ``asyncio``,
-    ``raw``, ``handoff``, ``tooz``) in ``mode`` on the fixture's backend, in one slice."""
+    ``raw``, ``handoff``, ``async_handoff``, ``tooz``) in ``mode`` on the fixture's backend, in one slice."""
     trial = Trial(fixture, op, contender, mode)
     try:
         trial.time(iterations=iterations, duration=duration)
