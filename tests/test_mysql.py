@@ -214,6 +214,44 @@ def test_any_name_maps_to_a_short_server_lock_and_round_trips(coordinators, url,
     assert _q(raw, "SELECT IS_USED_LOCK(%s)", (key,)) == [(None,)]
 
 
+def test_batched_acquires_and_releases_of_any_names_keep_their_names_and_fences(coordinators, url, raw, namespace, monkeypatch):
+    # Requests queued together are served by one multi-statement query whose
+    # values are inline literals: names that need quoting must still be the
+    # locks' names, with their own fences.
+    from coordactors.backend_actors.mysql import MySQLSession
+
+    runs: list[list[str]] = []
+    flush = MySQLSession.flush_batch
+
+    def recorded(self: Any, run: Any) -> None:
+        runs.append([type(call.message).__name__ for call, _item in run])
+        flush(self, run)
+
+    monkeypatch.setattr(MySQLSession, "flush_batch", recorded)
+    given_back: list[list[str]] = []  # a batch that failed gives its locks back and serves its calls one by one
+    monkeypatch.setattr(MySQLSession, "_give_back", lambda self, names: given_back.append(names) if names else None)
+    names = ["it's", 'say "hi"', "back\\slash", "grüppe ✓ 🔒", "semi; DROP TABLE x", "%s %(x)s"]
+    coord, other = coordinators("batcher", url), coordinators("other", url)
+    for _ in range(20):  # until the session took the acquires queued together in one batch (nearly always the first round)
+        futures = [coord.ask(Acquire(name)) for name in names]
+        leases = [future.get(timeout=10) for future in futures]
+        assert [lease.name for lease in leases] == names
+        rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
+        assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
+        for name in names:
+            assert _q(raw, "SELECT IS_USED_LOCK(%s) IS NOT NULL", (lock_key("test", "coordactors_", namespace, name),)) == [(1,)]
+            with pytest.raises(errors.LockTimeout):
+                other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+        for future in [coord.ask(Release(lease)) for lease in leases]:
+            future.get(timeout=10)
+        for name in names:
+            assert _q(raw, "SELECT IS_USED_LOCK(%s)", (lock_key("test", "coordactors_", namespace, name),)) == [(None,)]
+        if any(run.count("Acquire") > 1 for run in runs) and any(run.count("Release") > 1 for run in runs):
+            break
+    assert any(run.count("Acquire") > 1 for run in runs) and any(run.count("Release") > 1 for run in runs), runs
+    assert not given_back
+
+
 def test_a_waiting_acquire_never_stalls_the_sessions_other_requests(coordinators, url):
     holder, waiter = coordinators("holder", url), coordinators("waiter", url)
     holder.ask(Acquire("jobs"), block=True, timeout=10)
