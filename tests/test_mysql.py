@@ -252,6 +252,95 @@ def test_batched_acquires_and_releases_of_any_names_keep_their_names_and_fences(
     assert not given_back
 
 
+def _queue_behind_a_stalled_request(coord: Any, monkeypatch: Any, names: list[str]) -> list[Any]:
+    """Hold the session in a request while ``names`` are asked for, so they
+    are queued together when it comes back; their reply futures."""
+    from coordactors.backend_actors.mysql import MySQLSession
+    from coordactors.messages import GetGroups
+
+    entered, go_on = threading.Event(), threading.Event()
+    get_groups = MySQLSession.do_get_groups
+
+    def stalled(self: Any) -> Any:
+        entered.set()
+        assert go_on.wait(10)
+        return get_groups(self)
+
+    monkeypatch.setattr(MySQLSession, "do_get_groups", stalled)
+    stall = coord.submit(GetGroups())
+    assert entered.wait(10)
+    futures = [coord.ask(Acquire(name)) for name in names]
+    go_on.set()
+    stall.result(timeout=10)
+    return futures
+
+
+def test_batches_queued_while_one_is_in_flight_are_pipelined_on_the_connection(coordinators, url, raw, namespace, monkeypatch):
+    from coordactors.backend_actors import mysql
+
+    monkeypatch.setattr(mysql.MySQLSession, "MAX_BATCH", 4)
+    in_flight: list[int] = []
+    most = [0]
+    send, read = mysql.send_query, mysql.read_answers
+
+    def sent(conn: Any, sql: str) -> None:
+        send(conn, sql)
+        in_flight.append(1)
+        most[0] = max(most[0], len(in_flight))
+
+    def answered(conn: Any, statements: int) -> Any:
+        in_flight.pop()
+        return read(conn, statements)
+
+    monkeypatch.setattr(mysql, "send_query", sent)
+    monkeypatch.setattr(mysql, "read_answers", answered)
+    coord, other = coordinators("piper", url), coordinators("other", url)
+    names = [f"pipe-{i}" for i in range(12)]
+    leases = [future.get(timeout=10) for future in _queue_behind_a_stalled_request(coord, monkeypatch, names)]
+    assert most[0] == 2  # the queued acquires went out while the first four's answer was due
+    assert [lease.name for lease in leases] == names
+    rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
+    assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
+    for name in names:
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+    for future in [coord.ask(Release(lease)) for lease in leases]:
+        future.get(timeout=10)
+    assert [other.ask(Acquire(name, timeout=0), block=True, timeout=10).name for name in names] == names
+
+
+def test_a_batch_that_fails_while_the_next_is_in_flight_is_served_one_by_one(coordinators, url, raw, namespace, monkeypatch):
+    # The first batch's INSERT fails after its GET_LOCKs took the locks; the
+    # batch behind it, already sent, is still read and answered; then the
+    # failed one's locks are given back and its acquires served the usual way.
+    from coordactors.backend_actors import mysql
+
+    monkeypatch.setattr(mysql.MySQLSession, "MAX_BATCH", 4)
+    batch_query = mysql.MySQLSession._batch_query
+    broken: list[str] = []
+
+    def first_one_broken(self: Any, run: Any) -> Any:
+        sql, statements = batch_query(self, run)
+        if not broken and statements == 3:
+            sql = sql.replace("INSERT INTO", "INSERT INTO no_such_table_", 1)
+            broken.append(sql)
+        return sql, statements
+
+    monkeypatch.setattr(mysql.MySQLSession, "_batch_query", first_one_broken)
+    coord, other = coordinators("piper", url), coordinators("other", url)
+    names = [f"fail-{i}" for i in range(12)]
+    leases = [future.get(timeout=10) for future in _queue_behind_a_stalled_request(coord, monkeypatch, names)]
+    assert broken
+    assert [lease.name for lease in leases] == names
+    rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
+    assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
+    for name in names:
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+    stats = coord.statistics()
+    assert stats["restarts"] == 0 and stats["leases"] == 12  # the connection stayed in step with its answers
+
+
 def test_a_waiting_acquire_never_stalls_the_sessions_other_requests(coordinators, url):
     holder, waiter = coordinators("holder", url), coordinators("waiter", url)
     holder.ask(Acquire("jobs"), block=True, timeout=10)

@@ -17,6 +17,7 @@ that comes free starts the next request at once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, ClassVar
 
 from coordactors import errors
@@ -170,18 +171,34 @@ class Coalescing:
 
     # -- answering a batch, as the usual path would --------------------------
 
-    def settle_acquire(self, call: Call, fence: int | None, sent_at: float, held: bool = True) -> None:
+    def settle_acquire(self, call: Call, fence: int | None, sent_at: float, held: bool = True,
+                       later: list[Callable[[], Any]] | None = None) -> bool:
         """Answer a batched acquire: granted with ``fence`` (the lease gets the
         TTL the usual path would give it); else refused (a try-lock of a lock
         ``held`` by another), else served the usual way (it waits, or meets
-        what only the usual path handles)."""
+        what only the usual path handles).
+
+        With ``later``, what needs the backend (serving the usual way,
+        releasing a grant whose caller gave up) is appended there to run
+        later instead, and True returned: the lock's name is still in play."""
         msg = call.message
         if fence is not None:
-            self._deliver(call, self._hold(msg.name, fence, self.lease_ttl_of(msg), sent_at))  # type: ignore[attr-defined]
-        elif msg.timeout == 0 and held:
+            lease = self._hold(msg.name, fence, self.lease_ttl_of(msg), sent_at)  # type: ignore[attr-defined]
+            if call.reply.resolve(lease):
+                return False
+            if later is None:
+                self._release_lease(lease)  # type: ignore[attr-defined]  # granted after the caller gave up
+                return False
+            later.append(functools.partial(self._release_lease, lease))  # type: ignore[attr-defined]
+            return True
+        if msg.timeout == 0 and held:
             self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))  # type: ignore[attr-defined]
-        else:
+            return False
+        if later is None:
             self._serve(call)  # type: ignore[attr-defined]
+            return False
+        later.append(functools.partial(self._serve, call))  # type: ignore[attr-defined]
+        return True
 
     def settle_release(self, call: Call, lease: Lease, released: bool) -> None:
         """Answer a batched release of ``lease``: done, or found lost on the backend."""

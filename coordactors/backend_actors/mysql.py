@@ -94,6 +94,8 @@ option               meaning                                            default
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import logging
 import math
@@ -109,6 +111,7 @@ from pymysql.constants import CLIENT  # type: ignore[import-untyped]
 from coordactors import errors
 from coordactors._protocol import Call
 from coordactors.backend_actors._coalesce import NOT_BATCHED, Coalescing
+from coordactors.backend_actors._mysql_wire import read_answers, send_query
 from coordactors.backend_actors.base import SessionActor, fence_floor
 from coordactors.characteristics import Characteristics as C
 from coordactors.events import LeaderElected, MemberJoined, MemberLeft
@@ -180,6 +183,8 @@ def table_columns() -> dict[str, list[str]]:
     return {table: [name for name, _ in columns] for table, (columns, _) in _SCHEMA.items()}
 
 
+PIPELINED_BATCHES = 2
+"""Batch queries in flight at once on a session's connection (see flush_batch)."""
 _KEYS_CACHED = 4096
 """Lock keys a session remembers before it starts over."""
 
@@ -228,12 +233,25 @@ _SERVER_ERRORS: dict[int, str] = {
 }
 
 
+class _SentBatch:
+    """A batch's query, sent; its answer may still be due."""
+
+    __slots__ = ("error", "run", "sent_at", "statements")
+
+    def __init__(self, run: list[tuple[Call, Any]], statements: int, sent_at: float) -> None:
+        self.run = run
+        self.statements = statements
+        self.sent_at = sent_at
+        self.error: BaseException | None = None
+
+
 class MySQLSession(Coalescing, SessionActor):
     """Session of ``mysql://user[:password]@host:port/dbname``: see the module docstring.
 
     Acquires and releases queued together (many callers sharing the
     coordinator) take one round trip per batch (three statements) instead of
-    two per acquire and one per release.
+    two per acquire and one per release, and the next batch is sent while
+    one is in flight (two queries pipelined on the connection).
     """
 
     COALESCED = frozenset({Acquire, Release})
@@ -322,8 +340,8 @@ class MySQLSession(Coalescing, SessionActor):
             # UPDATE reports the rows it matched, not only those it changed:
             # the heartbeat counts the memberships it found.
             # MULTI_STATEMENTS: a batch of queued acquires and releases is
-            # one round trip of three statements (every value is still
-            # passed as an escaped parameter).
+            # one round trip of three statements (its values are literals
+            # that need no escaping: hex names, keys of [0-9a-z/]).
             client_flag=CLIENT.FOUND_ROWS | CLIENT.MULTI_STATEMENTS,
             # wait_timeout: the server closes the connection -- freeing its
             # locks -- once it has been silent for session_ttl, so a holder
@@ -696,23 +714,54 @@ class MySQLSession(Coalescing, SessionActor):
         return NOT_BATCHED
 
     def flush_batch(self, run: list[tuple[Call, Any]]) -> None:
-        # One round trip (three statements): every GET_LOCK and RELEASE_LOCK
-        # of the batch, answered as one string; the grant rows of the locks
-        # this connection now holds (IS_USED_LOCK, decided by the server after
-        # the first statement); their fences.  The rows change only under the
-        # locks, so the fences read are the ones just written.  Every value is
-        # a literal no escaping can touch -- names as hex, keys of [0-9a-z/] --
-        # so PyMySQL sends the text as it is: with 16 callers, escaping the
-        # arguments and parsing a column per lock took a fifth of the session's
-        # CPU, which is what bounds its throughput.
-        sent_at = time.monotonic()
+        """Serve the run in one query (see :meth:`_batch_query`).  While it is
+        in flight, the requests queued meanwhile that can join go out as the
+        next query on the same connection (``take_queued``; MySQL answers a
+        connection's queries in order), so the server works on one batch
+        while the session answers the callers of the other.  What needs the
+        connection for itself -- an acquire that will wait, a grant whose
+        caller gave up, a batch that failed, served one by one -- runs once
+        no answer is due, and its lock stays out of later batches until then."""
+        names = {call.message.name for call, _lease in run}
+        later: list[Callable[[], Any]] = []
+        freed: list[str] = []
+        due = collections.deque([self._send_batch(run)])
+        failed = False
+        while due:
+            if not failed and len(due) < PIPELINED_BATCHES:
+                taken = self.take_queued(names)
+                if taken:
+                    due.append(self._send_batch(taken))
+            batch = due.popleft()
+            answers = self._read_batch(batch)
+            if answers is None:
+                failed = True  # send no more: the connection may be gone
+                later.append(functools.partial(self._serve_one_by_one, batch))
+                continue
+            names.difference_update(self._settle_batch(batch, *answers, freed=freed, later=later))
+        for work in later:
+            work()
+        self.retry_freed(freed)
+
+    def _batch_query(self, run: list[tuple[Call, Any]]) -> tuple[str, int]:
+        """The query serving ``run``, and how many statements it has.
+
+        Three statements: every GET_LOCK and RELEASE_LOCK of the run,
+        answered as one string; the grant rows of the locks this connection
+        now holds (IS_USED_LOCK, decided by the server after the first
+        statement); their fences.  The rows change only under the locks, so
+        the fences read are the ones just written.  Every value is a literal
+        no escaping can touch -- names as hex, keys of [0-9a-z/] -- so the
+        text goes as it is: with 16 callers, escaping the arguments and
+        parsing a column per lock took a fifth of the session's CPU, which is
+        what bounds its throughput."""
         acquired = [call.message.name for call, lease in run if lease is None]
-        locks = self.tables["locks"]
         key = self._key
         statements = ["SELECT CONCAT_WS(',', " + ", ".join(
             f"IFNULL(GET_LOCK('{key(call.message.name)}', 0), 9)" if lease is None else f"IFNULL(RELEASE_LOCK('{key(call.message.name)}'), 9)"
             for call, lease in run) + ")"]
         if acquired:
+            locks = self.tables["locks"]
             namespace = _hex(self._ns)
             batch = " UNION ALL ".join(f"SELECT {_hex(_b(name))} AS n, '{key(name)}' AS k" for name in acquired)
             statements.append(
@@ -723,40 +772,63 @@ class MySQLSession(Coalescing, SessionActor):
                 "holder_connection = CONNECTION_ID(), granted_at = UTC_TIMESTAMP(6)"
             )
             statements.append(f"SELECT name, fence FROM {locks} WHERE namespace = {namespace} AND name IN ({', '.join(_hex(_b(name)) for name in acquired)})")
+        return "; ".join(statements), len(statements)
+
+    def _send_batch(self, run: list[tuple[Call, Any]]) -> _SentBatch:
+        sql, statements = self._batch_query(run)
+        batch = _SentBatch(run, statements, time.monotonic())
         try:
-            with self.conn.cursor() as cursor:
-                cursor.execute("; ".join(statements))
-                (answers,) = cursor.fetchone()
-                results = [int(answer) for answer in _s(answers).split(",")]
-                fences: dict[str, int] = {}
-                if acquired:
-                    cursor.nextset()
-                    cursor.nextset()
-                    fences = {_s(name): int(fence) for name, fence in cursor.fetchall()}
-        except Exception:  # noqa: BLE001 - the usual path reports it, call by call
-            self._give_back(acquired)
-            for call, _lease in run:
-                self._serve(call)
-            return
-        for (call, lease), result in zip(run, results):
-            msg = call.message
+            send_query(self.conn, sql)
+        except Exception as exc:  # noqa: BLE001 - the usual path reports it, call by call
+            batch.error = exc
+        return batch
+
+    def _read_batch(self, batch: _SentBatch) -> tuple[list[int], dict[str, int]] | None:
+        """The batch's GET_LOCK/RELEASE_LOCK answers and the fences of its
+        grants; None if it failed."""
+        if batch.error is not None:
+            return None
+        try:
+            answers = read_answers(self.conn, batch.statements)
+            results = [int(answer) for answer in _s(answers[0].rows[0][0]).split(",")]
+            fences = {_s(name): int(fence) for name, fence in answers[2].rows} if batch.statements == 3 else {}
+        except Exception as exc:  # noqa: BLE001 - the usual path reports it, call by call
+            logger.debug("%r: a batch failed", self, exc_info=exc)
+            return None
+        return results, fences
+
+    def _settle_batch(self, batch: _SentBatch, results: list[int], fences: dict[str, int], *,
+                      freed: list[str], later: list[Callable[[], Any]]) -> set[str]:
+        """Answer the batch's callers; return the names of the locks it is done with."""
+        done = set()
+        for (call, lease), result in zip(batch.run, results):
+            name = call.message.name
             if lease is not None:
                 continue
-            if result == 1 and msg.name in fences:
-                self._held[msg.name] = fences[msg.name]
-                self.settle_acquire(call, fences[msg.name], sent_at)
+            if result == 1 and name in fences:
+                self._held[name] = fences[name]
+                pending = self.settle_acquire(call, fences[name], batch.sent_at, later=later)
             elif result == 1:  # no fence row: should not happen; give the lock back, take the usual path
-                self._give_back([msg.name])
-                self._serve(call)
+                later.append(functools.partial(self._serve_one_by_one, _SentBatch([(call, None)], 0, batch.sent_at)))
+                pending = True
             else:
-                self.settle_acquire(call, None, sent_at)
-        freed = []
-        for (call, lease), result in zip(run, results):
+                pending = self.settle_acquire(call, None, batch.sent_at, later=later)
+            if not pending:
+                done.add(name)
+        for (call, lease), result in zip(batch.run, results):
             if lease is not None:
                 self._held.pop(lease.name, None)
                 freed.append(lease.name)
                 self.settle_release(call, lease, result == 1)
-        self.retry_freed(freed)
+                done.add(lease.name)
+        return done
+
+    def _serve_one_by_one(self, batch: _SentBatch) -> None:
+        """After a batch failed (or granted a lock without its row): free the
+        locks it may have taken, then serve its calls the usual way."""
+        self._give_back([call.message.name for call, lease in batch.run if lease is None])
+        for call, _lease in batch.run:
+            self._serve(call)
 
     def _give_back(self, names: list[str]) -> None:
         """After a failed batch: free the locks it may have taken (RELEASE_LOCK
