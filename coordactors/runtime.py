@@ -222,15 +222,18 @@ def _shutdown_promptly(executor: futurist.ThreadPoolExecutor) -> None:
     futurist's idle workers notice a stop only when their queue ``get`` times
     out (after 1 s), which made every last ``stop()`` of a process take a
     second.  Once the queued work is done, a no-op item per worker wakes each
-    one to see its stop flag at once.
+    one to see its stop flag at once.  A worker whose ``get`` timed out just
+    as it was stopped leaves without taking its item, so the queue is not
+    joined again (futurist's ``shutdown(wait=True)`` would wait for that item
+    forever): the workers are.
     """
     executor._work_queue.join()  # noqa: SLF001 - let queued work finish first
     workers = list(executor._workers)  # noqa: SLF001
-    for worker in workers:
-        worker.stop()
+    executor.shutdown(wait=False)  # stops every worker
     for _ in workers:
         executor._work_queue.put(futurist_utils.WorkItem(futurist.Future(), _nothing))  # noqa: SLF001
-    executor.shutdown(wait=True)
+    for worker in workers:
+        worker.join()
 
 
 def _nothing() -> None:

@@ -175,3 +175,26 @@ def test_stop_releases_locks_leaves_groups_and_stands_down() -> None:
     finally:
         holder.stop()
         other.stop()
+
+
+def test_the_runtime_stops_its_pools_when_a_worker_left_on_its_own() -> None:
+    # A futurist worker whose idle wait times out just as it is stopped
+    # leaves without taking the no-op item meant to wake it; stopping the
+    # pool must not then wait for that item forever.
+    from coordactors.runtime import QuietThreadPool, _shutdown_promptly
+
+    pool = QuietThreadPool(max_workers=2)
+    started = threading.Barrier(3)
+    for _ in range(2):  # two workers, both busy at once
+        pool.submit(started.wait, 10)
+    started.wait(10)
+    workers = list(pool._workers)
+    assert len(workers) == 2
+    workers[0].stop()  # as if stopped just before its idle get timed out: it leaves on its own
+    workers[0].join(10)
+    assert not workers[0].is_alive()
+    stopper = threading.Thread(target=_shutdown_promptly, args=(pool,), daemon=True)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stopping the pool hung"
+    assert not any(worker.is_alive() for worker in workers)
