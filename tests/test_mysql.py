@@ -341,6 +341,43 @@ def test_a_batch_that_fails_while_the_next_is_in_flight_is_served_one_by_one(coo
     assert stats["restarts"] == 0 and stats["leases"] == 12  # the connection stayed in step with its answers
 
 
+def test_a_flush_left_by_an_error_answers_every_caller_and_drops_the_connection(coordinators, url, monkeypatch):
+    # An unexpected error while a batch is answered, with the next one in
+    # flight: nobody may read the answers still due, and no caller may be
+    # left waiting.
+    from coordactors.backend_actors import mysql
+
+    monkeypatch.setattr(mysql.MySQLSession, "MAX_BATCH", 4)
+    settle = mysql.MySQLSession._settle_batch
+    raised: list[int] = []
+
+    def first_one_raises(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not raised:
+            raised.append(1)
+            raise RuntimeError("a bug while answering a batch")
+        return settle(self, *args, **kwargs)
+
+    monkeypatch.setattr(mysql.MySQLSession, "_settle_batch", first_one_raises)
+    coord = coordinators("piper", url)
+    names = [f"bug-{i}" for i in range(12)]
+    outcomes = []
+    for future in _queue_behind_a_stalled_request(coord, monkeypatch, names):
+        try:
+            outcomes.append(future.get(timeout=10).name)
+        except errors.BackendUnavailable as exc:
+            outcomes.append(type(exc).__name__)
+    assert raised and "BackendUnavailable" in outcomes[:4]  # the batch being answered: told, not left waiting
+
+    def restarted() -> bool:
+        try:
+            return coord.statistics(timeout=5)["restarts"] >= 1 and coord.statistics(timeout=5)["state"] == "CONNECTED"
+        except errors.BackendUnavailable:  # between the crash and the new session
+            return False
+
+    wait_until(restarted, timeout=10)
+    assert coord.ask(Acquire("after", timeout=5), block=True, timeout=10).name == "after"
+
+
 def test_a_waiting_acquire_never_stalls_the_sessions_other_requests(coordinators, url):
     holder, waiter = coordinators("holder", url), coordinators("waiter", url)
     holder.ask(Acquire("jobs"), block=True, timeout=10)

@@ -725,20 +725,32 @@ class MySQLSession(Coalescing, SessionActor):
         names = {call.message.name for call, _lease in run}
         later: list[Callable[[], Any]] = []
         freed: list[str] = []
-        due = collections.deque([self._send_batch(run)])
+        sent = [self._send_batch(run)]
+        due = collections.deque(sent)
         failed = False
-        while due:
-            if not failed and len(due) < PIPELINED_BATCHES:
-                taken = self.take_queued(names)
-                if taken:
-                    due.append(self._send_batch(taken))
-            batch = due.popleft()
-            answers = self._read_batch(batch)
-            if answers is None:
-                failed = True  # send no more: the connection may be gone
-                later.append(functools.partial(self._serve_one_by_one, batch))
-                continue
-            names.difference_update(self._settle_batch(batch, *answers, freed=freed, later=later))
+        try:
+            while due:
+                if not failed and len(due) < PIPELINED_BATCHES:
+                    taken = self.take_queued(names)
+                    if taken:
+                        sent.append(self._send_batch(taken))
+                        due.append(sent[-1])
+                batch = due.popleft()
+                answers = self._read_batch(batch)
+                if answers is None:
+                    failed = True  # send no more: the connection may be gone
+                    later.append(functools.partial(self._serve_one_by_one, batch))
+                    continue
+                names.difference_update(self._settle_batch(batch, *answers, freed=freed, later=later))
+        except BaseException:
+            # Left by an exception: no one can read the answers still due, so
+            # the connection goes, and every caller of the flush not answered
+            # yet is told (rejecting an answered call changes nothing).
+            self._close_quietly()
+            for batch in sent:
+                for call, _lease in batch.run:
+                    call.reply.reject(errors.BackendUnavailable(f"the session with {self.url} failed with {call.message!r} in flight"))
+            raise
         for work in later:
             work()
         self.retry_freed(freed)
@@ -791,6 +803,8 @@ class MySQLSession(Coalescing, SessionActor):
         try:
             answers = read_answers(self.conn, batch.statements)
             results = [int(answer) for answer in _s(answers[0].rows[0][0]).split(",")]
+            if len(results) != len(batch.run):
+                raise RuntimeError(f"{len(results)} answers to {len(batch.run)} GET_LOCK/RELEASE_LOCK calls")
             fences = {_s(name): int(fence) for name, fence in answers[2].rows} if batch.statements == 3 else {}
         except Exception as exc:  # noqa: BLE001 - the usual path reports it, call by call
             logger.debug("%r: a batch failed", self, exc_info=exc)
