@@ -214,6 +214,16 @@ def test_any_name_maps_to_a_short_server_lock_and_round_trips(coordinators, url,
     assert _q(raw, "SELECT IS_USED_LOCK(%s)", (key,)) == [(None,)]
 
 
+def _assert_held_with_their_fences(leases: list[Any], names: list[str], raw: Any, namespace: str, other: Any) -> None:
+    """``leases`` are of ``names``, in order, with the fences their rows hold, and nobody else gets them."""
+    assert [lease.name for lease in leases] == names
+    rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
+    assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
+    for name in names:
+        with pytest.raises(errors.LockTimeout):
+            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+
+
 def test_batched_acquires_and_releases_of_any_names_keep_their_names_and_fences(coordinators, url, raw, namespace, monkeypatch):
     # Requests queued together are served by one multi-statement query whose
     # values are inline literals: names that need quoting must still be the
@@ -235,13 +245,9 @@ def test_batched_acquires_and_releases_of_any_names_keep_their_names_and_fences(
     for _ in range(20):  # until the session took the acquires queued together in one batch (nearly always the first round)
         futures = [coord.ask(Acquire(name)) for name in names]
         leases = [future.get(timeout=10) for future in futures]
-        assert [lease.name for lease in leases] == names
-        rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
-        assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
+        _assert_held_with_their_fences(leases, names, raw, namespace, other)
         for name in names:
             assert _q(raw, "SELECT IS_USED_LOCK(%s) IS NOT NULL", (lock_key("test", "coordactors_", namespace, name),)) == [(1,)]
-            with pytest.raises(errors.LockTimeout):
-                other.ask(Acquire(name, timeout=0), block=True, timeout=10)
         for future in [coord.ask(Release(lease)) for lease in leases]:
             future.get(timeout=10)
         for name in names:
@@ -298,12 +304,7 @@ def test_batches_queued_while_one_is_in_flight_are_pipelined_on_the_connection(c
     names = [f"pipe-{i}" for i in range(12)]
     leases = [future.get(timeout=10) for future in _queue_behind_a_stalled_request(coord, monkeypatch, names)]
     assert most[0] == 2  # the queued acquires went out while the first four's answer was due
-    assert [lease.name for lease in leases] == names
-    rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
-    assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
-    for name in names:
-        with pytest.raises(errors.LockTimeout):
-            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+    _assert_held_with_their_fences(leases, names, raw, namespace, other)
     for future in [coord.ask(Release(lease)) for lease in leases]:
         future.get(timeout=10)
     assert [other.ask(Acquire(name, timeout=0), block=True, timeout=10).name for name in names] == names
@@ -331,12 +332,7 @@ def test_a_batch_that_fails_while_the_next_is_in_flight_is_served_one_by_one(coo
     names = [f"fail-{i}" for i in range(12)]
     leases = [future.get(timeout=10) for future in _queue_behind_a_stalled_request(coord, monkeypatch, names)]
     assert broken
-    assert [lease.name for lease in leases] == names
-    rows = dict(_q(raw, "SELECT name, fence FROM coordactors_locks WHERE namespace = %s", (namespace.encode(),)))
-    assert {name: rows[name.encode()] for name in names} == {lease.name: lease.fence for lease in leases}
-    for name in names:
-        with pytest.raises(errors.LockTimeout):
-            other.ask(Acquire(name, timeout=0), block=True, timeout=10)
+    _assert_held_with_their_fences(leases, names, raw, namespace, other)
     stats = coord.statistics()
     assert stats["restarts"] == 0 and stats["leases"] == 12  # the connection stayed in step with its answers
 
