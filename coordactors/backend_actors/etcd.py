@@ -246,6 +246,11 @@ class _Http:
         assert last is not None
         raise last
 
+    @property
+    def server(self) -> Any:
+        """The (host, port) this connection is (or was last) on."""
+        return self._host
+
     def request(self, method: str, key: str, *, form: dict[str, Any] | None = None, query: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         """Send one request; return (X-Etcd-Index, the reply's JSON) or raise EtcdError."""
         self.send(method, key, form=form, query=query)
@@ -407,8 +412,10 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         ttl = float(self.options.session_ttl or 30.0)
         self._timeout = self.options.extra.get("request_timeout", min(5.0, max(0.5, ttl / 4)))
         self._epoch = 0
-        self._max_index = 0
-        self._sent_at_index: int | None = None
+        self._max_index: dict[Any, int] = {}
+        """Server -> the highest etcd index it answered at.  Per server: another
+        server of the cluster may be a little behind, which is not data lost."""
+        self._sent_at_index: dict[Any, int] | None = None
         self._applied: int | None = None
         """The etcd index up to which the actor has applied events (the last
         event's, or where the reader started): a new reader resumes after it,
@@ -493,10 +500,16 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
     def on_connected(self) -> None:
         """Actor thread: adopt the connection's epoch and start the event reader."""
         conn = self.conn
-        wiped = conn.index < self._max_index
+        server = conn.http.server
+        seen = self._max_index.get(server, 0)
+        # Data lost: the server answers below what it said before, or (any
+        # server) the epoch key, written once, holds another value.
+        wiped = conn.index < seen or (self._epoch != 0 and conn.epoch != self._epoch)
         if wiped:
-            logger.warning("%r: etcd's index went back from %d to %d: its data was lost", self, self._max_index, conn.index)
-        self._max_index = conn.index
+            logger.warning("%r: etcd lost its data (index on %s:%s %d, it had said %d; epoch %d, was %d)",
+                           self, *server, conn.index, seen, conn.epoch, self._epoch)
+            self._max_index = {}  # what the other servers said is no floor either
+        self._max_index[server] = conn.index
         self._epoch = conn.epoch
         self._held = {}
         self._heartbeats = 0
@@ -555,11 +568,11 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
                 # No leader (an election, a member cut off): the keys live on
                 # in the cluster until their TTL; another server may answer.
                 raise errors.ConnectionSuspended(f"{self.url} could not serve the request ({exc}); trying again, on another server if there is one") from exc
-            self._saw(exc.index)
+            self._saw(exc.index, http_.server)
             raise
         except (OSError, http.client.HTTPException) as exc:
             raise self._lost_connection(exc) from exc
-        self._saw(index)
+        self._saw(index, http_.server)
         return reply
 
     # -- steps: requests written as generators ------------------------------------
@@ -628,7 +641,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
 
         # Requests sent at once may be answered in any order: their indexes
         # are held to the one seen before they were sent (see _saw).
-        self._sent_at_index = self._max_index
+        self._sent_at_index = dict(self._max_index)
         try:
             while True:
                 if more is not None and not waiting and (free or used < self.LANES):
@@ -667,16 +680,18 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         self._request("GET", self._root)
         return True
 
-    def _saw(self, index: int) -> None:
-        """Actor thread: etcd answered at ``index``, which may not go back."""
+    def _saw(self, index: int, server: Any) -> None:
+        """Actor thread: ``server`` answered at etcd index ``index``, which may
+        not go back below what that server answered before."""
         # Requests sent at once (_at_once) may be answered in any order: they
         # are held to the index seen before they were sent.
-        floor = self._max_index if self._sent_at_index is None else self._sent_at_index
+        floor = (self._max_index if self._sent_at_index is None else self._sent_at_index).get(server, 0)
         if index < floor:
             raise errors.BackendUnavailable(
                 f"etcd's index on {self.url} went back from {floor} to {index}: its data was lost; reconnecting"
             )
-        self._max_index = max(self._max_index, index)
+        if index > self._max_index.get(server, 0):
+            self._max_index[server] = index
 
     def _get(self, key: str) -> dict[str, Any] | None:
         """The node at ``key``, or None if there is none."""
@@ -1305,6 +1320,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
         conn = self.conn
         try:
             members_index, reply = conn.http.request("GET", self._group_key(group))
+            self._saw(members_index, conn.http.server)
             node = reply["node"]
             if not node.get("dir"):
                 raise self._foreign(self._group_key(group), "a directory")
@@ -1313,6 +1329,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             if exc.code != KEY_NOT_FOUND:
                 raise
             members_index, members = exc.index, set()
+            self._saw(members_index, conn.http.server)
         key = self._lock_key(leader_lock_name(group))
         try:
             leader_index, reply = conn.http.request("GET", key)
@@ -1321,7 +1338,7 @@ class EtcdSession(Coalescing, RestingReader, SessionActor):
             if exc.code != KEY_NOT_FOUND:
                 raise
             leader_index, leader = exc.index, None
-        self._saw(max(members_index, leader_index))
+        self._saw(leader_index, conn.http.server)
         return _View(members, members_index, leader, leader_index)
 
     def _resync_all(self) -> None:
