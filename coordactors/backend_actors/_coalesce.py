@@ -10,9 +10,9 @@ type in ``COALESCED`` it takes every request of such types already queued
 implements with as few round trips as it can.  Anything else queued is
 served after the batch, in order; one caller alone never waits for a batch
 to fill -- only what is already queued is taken.  A backend whose batch is
-many round trips in flight (etcd v2's lanes) also takes, with
-``take_queued``, what queues up while its last run is in flight, so a lane
-that comes free starts the next request at once.
+many round trips in flight (etcd v2's lanes, MySQL's pipelined queries)
+also takes, with ``take_queued``, what queues up while its last run is in
+flight, so the next requests start without waiting for the whole run.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ class Coalescing:
         flight: the requests queued since that can join the run (as
         ``(call, batch_item)``; ``names``: the locks the run still has in
         flight, updated with theirs), so a backend that overlaps round trips
-        (etcd v2's lanes) can start them as soon as a lane is free instead of
-        after the whole run.  Taking stops at the first request that cannot
+        (etcd v2's lanes, MySQL's pipelined queries) can start them at once
+        instead of after the whole run.  Taking stops at the first request that cannot
         join (it is served after the run, so the order holds) and after
         ``MAX_RUN`` requests in all."""
         if not self._last_run_open or self._queued_behind is not None or self.state is not CONNECTED:  # type: ignore[attr-defined]
@@ -184,12 +184,12 @@ class Coalescing:
         msg = call.message
         if fence is not None:
             lease = self._hold(msg.name, fence, self.lease_ttl_of(msg), sent_at)  # type: ignore[attr-defined]
+            if later is None:
+                self._deliver(call, lease)  # type: ignore[attr-defined]
+                return False
             if call.reply.resolve(lease):
                 return False
-            if later is None:
-                self._release_lease(lease)  # type: ignore[attr-defined]  # granted after the caller gave up
-                return False
-            later.append(functools.partial(self._release_lease, lease))  # type: ignore[attr-defined]
+            later.append(functools.partial(self._release_lease, lease))  # type: ignore[attr-defined]  # granted after the caller gave up
             return True
         if msg.timeout == 0 and held:
             self._reject(call, errors.LockTimeout(f"lock {msg.name!r} is held by another holder (try-lock, timeout=0)"))  # type: ignore[attr-defined]

@@ -739,7 +739,7 @@ class MySQLSession(Coalescing, SessionActor):
                 answers = self._read_batch(batch)
                 if answers is None:
                     failed = True  # send no more: the connection may be gone
-                    later.append(functools.partial(self._serve_one_by_one, batch))
+                    later.append(functools.partial(self._serve_one_by_one, batch.run))
                     continue
                 names.difference_update(self._settle_batch(batch, *answers, freed=freed, later=later))
         except BaseException:
@@ -823,7 +823,7 @@ class MySQLSession(Coalescing, SessionActor):
                 self._held[name] = fences[name]
                 pending = self.settle_acquire(call, fences[name], batch.sent_at, later=later)
             elif result == 1:  # no fence row: should not happen; give the lock back, take the usual path
-                later.append(functools.partial(self._serve_one_by_one, _SentBatch([(call, None)], 0, batch.sent_at)))
+                later.append(functools.partial(self._serve_one_by_one, [(call, None)]))
                 pending = True
             else:
                 pending = self.settle_acquire(call, None, batch.sent_at, later=later)
@@ -837,11 +837,11 @@ class MySQLSession(Coalescing, SessionActor):
                 done.add(lease.name)
         return done
 
-    def _serve_one_by_one(self, batch: _SentBatch) -> None:
+    def _serve_one_by_one(self, run: list[tuple[Call, Any]]) -> None:
         """After a batch failed (or granted a lock without its row): free the
-        locks it may have taken, then serve its calls the usual way."""
-        self._give_back([call.message.name for call, lease in batch.run if lease is None])
-        for call, _lease in batch.run:
+        locks ``run`` may have taken, then serve its calls the usual way."""
+        self._give_back([call.message.name for call, lease in run if lease is None])
+        for call, _lease in run:
             self._serve(call)
 
     def _give_back(self, names: list[str]) -> None:
